@@ -1,0 +1,57 @@
+# jigclu: every target sets itself up; a fresh machine needs only python3 (and root for the
+# optional Fashion-MNIST Debian package).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.jigclu-installed
+FMNIST := /usr/share/datasets/fashion-mnist
+# pytest workers etc. stay modest: CI has 2 cores
+PYTEST_ARGS ?=
+
+.PHONY: setup data test test-fast demo bench bench-quality clean help
+
+help:
+	@echo "make demo   - set up, then run the demo (real data, short run, report)"
+	@echo "make test   - set up, then run the whole test suite"
+	@echo "make bench  - set up, then run the speed benchmarks (writes benchmarks/RESULTS.md)"
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: pip takes these two from this machine's disk when they are there
+	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install -q -e ".[test,plots]"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian (real, no download at run time). Optional: without root or apt
+# we carry on and the demo and tests use scikit-learn's bundled digits instead.
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "note: could not install dataset-fashion-mnist; using scikit-learn digits"; \
+	else echo "note: Fashion-MNIST not installed (needs root: apt-get install dataset-fashion-mnist); using digits"; fi
+
+test: setup
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not ray and not slow" $(PYTEST_ARGS)
+
+DEMO_DATA = $(shell [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] && echo fashion_mnist || echo digits)
+
+demo: setup
+	$(BIN)/jigclu pretrain --config configs/demo.yaml data.dataset=$(DEMO_DATA) \
+	  $(if $(filter digits,$(DEMO_DATA)),data.image_size=32 data.limit=null,) \
+	  name=demo-$$(date +%Y%m%d-%H%M%S)
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quality: setup
+	$(BIN)/python benchmarks/quality.py
+
+clean:
+	rm -rf runs sweeps .pytest_cache

@@ -1,0 +1,240 @@
+"""Typed, validated run configuration.
+
+Configs are validated once, at the edge: a YAML file plus ``key=value`` dotted overrides
+(``optim.lr=0.05 model.grid=3``). An unknown key or an out-of-range value is one clear
+:class:`~jigclu.errors.ConfigError` naming the key, raised before anything starts.
+
+The same models serve every trainer; each trainer reads the sections it needs. Defaults are
+the paper's (SPEC.md): SGD 0.9 / 1e-4, lr 0.03 per 256 images, cosine, m = 2, T = 0.3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jigclu.errors import ConfigError
+
+
+class _Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = Field("digits", description="source spec: digits, fashion_mnist[:DIR], mnist:DIR, "
+                         "cifar10:DIR, cifar100:DIR, folder:DIR, parquet:URI")
+    image_size: int | None = Field(None, ge=8, le=1024, description="resize source images to this side")
+    batch_size: int = Field(256, ge=2, description="global batch (all workers together)")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per trainer")
+    on_corrupt: Literal["skip", "fail"] = "skip"
+    limit: int | None = Field(None, ge=1, description="use only the first N training images")
+
+
+class ModelConfig(_Section):
+    arch: Literal["resnet18", "resnet50", "resnet18_small", "resnet50_small"] = "resnet18_small"
+    width: int = Field(64, ge=4, le=256, description="channels of the first stage (64 = torchvision)")
+    grid: int = Field(2, ge=2, le=8, description="m: montages hold m x m patches")
+    proj_dim: int = Field(128, ge=2, le=4096, description="clustering embedding size")
+
+
+class JigsawConfig(_Section):
+    crop_size: int = Field(224, ge=8, le=2048, description="montage side; each patch is crop_size / m")
+    cross_ratio: float = Field(0.3, ge=0.0, lt=0.5, description="overlap of the crops at m = 2")
+    augment: bool = True
+    montage_scope: Literal["global", "local"] = "global"
+
+
+class LossConfig(_Section):
+    w_clu: float = Field(1.0, ge=0.0)
+    w_loc: float = Field(1.0, ge=0.0)
+    temperature: float = Field(0.3, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "LossConfig":
+        if self.w_clu == 0 and self.w_loc == 0:
+            raise ValueError("loss.w_clu and loss.w_loc are both 0: nothing to train")
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(0.03, gt=0.0, le=100.0, description="learning rate for a batch of 256")
+    scale_lr: bool = Field(True, description="lr = optim.lr * data.batch_size / 256")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(200, ge=1, le=100000)
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (short runs)")
+    amp: Literal["none", "bf16"] = "none"
+    progress: bool = True
+
+
+class MonitorConfig(_Section):
+    """kNN monitor: a cheap, honest per-epoch quality metric on a held-out labeled split."""
+
+    knn: bool = True
+    k: int = Field(20, ge=1, le=1000)
+    knn_temperature: float = Field(0.07, gt=0.0)
+    train_limit: int | None = Field(5000, ge=10, description="labeled bank size (None = all)")
+    test_limit: int | None = Field(2000, ge=10, description="held-out queries (None = all)")
+    every: int = Field(1, ge=1, description="run the monitor every N epochs (and at the last)")
+
+
+class ScalingSection(_Section):
+    workers: int | tuple[int, int] = Field(0, description="0: in-process; N; or [min, max] (elastic)")
+    gpu: bool = False
+    max_failures: int = Field(3, ge=-1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        if isinstance(v, tuple):
+            lo, hi = v
+            if lo < 1 or hi < lo:
+                raise ValueError("workers as [min, max] needs 1 <= min <= max")
+        elif v < 0:
+            raise ValueError("workers must be >= 0")
+        return v
+
+
+class RunConfig(_Section):
+    """Everything one training run needs. Trainers read the sections they use."""
+
+    name: str | None = Field(None, description="run name; default: <task>-<timestamp>")
+    output_dir: str = "runs"
+    storage: str | None = Field(None, description="Ray Train storage (local dir, s3://, gs://)")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    jigsaw: JigsawConfig = JigsawConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    scaling: ScalingSection = ScalingSection()
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> "RunConfig":
+        m, crop = self.model.grid, self.jigsaw.crop_size
+        if crop % m:
+            raise ValueError(f"jigsaw.crop_size={crop} cannot be split into a {m}x{m} grid "
+                             f"(model.grid={m} must divide it)")
+        if crop // m < 4:
+            raise ValueError(f"patches of jigsaw.crop_size/model.grid = {crop // m} px are too small (min 4)")
+        return self
+
+    @property
+    def patch_size(self) -> int:
+        return self.jigsaw.crop_size // self.model.grid
+
+    def effective_lr(self) -> float:
+        scale = self.data.batch_size / 256 if self.optim.scale_lr else 1.0
+        return self.optim.lr * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# loading, overrides, error formatting
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[2, 3]"]`` into a nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override '{pair}' is not key=value")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{pair}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{pair}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``extra`` wins."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """First problem of a pydantic error as ``config: key.path: message``."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"config: unknown key '{loc}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    if loc:
+        return f"config: {loc}: {msg} (got {err.get('input')!r})" if err["type"] != "value_error" \
+            else f"config: {loc}: {msg}"
+    return f"config: {msg}"
+
+
+def build_config(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                model: type[BaseModel] = RunConfig) -> Any:
+    """Load ``path`` (optional), apply ``key=value`` overrides, validate into ``model``."""
+    data = read_yaml(path) if path else {}
+    data = deep_merge(data, parse_overrides(overrides or []))
+    return build_config(model, data)
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically) so the run can be repeated from it."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(p)

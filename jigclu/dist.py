@@ -1,0 +1,73 @@
+"""``torch.distributed`` helpers that degrade to the identity in a single process.
+
+Trainers never import Ray. Under Ray Train (or torchrun) the process group is already
+initialised and these helpers communicate; in a plain process they are no-ops, so the same
+loop runs on a laptop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums each slice's gradient over all ranks.
+
+    Every rank computes the same loss from the gathered tensor, so the gradient of its own
+    slice is the sum of what every rank's loss sends back (a reduce-scatter). Combined with
+    DDP's gradient averaging this gives exactly the single-process gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.size = tensor.shape[0]
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        r = dist.get_rank()
+        return grad[r * ctx.size:(r + 1) * ctx.size]
+
+
+def gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from every rank (rank order) along dim 0, differentiably."""
+    if not is_distributed():
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+@torch.no_grad()
+def gather(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0, without gradient."""
+    if not is_distributed():
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean of ``tensor`` over ranks (a copy; the identity in one process)."""
+    if not is_distributed():
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()

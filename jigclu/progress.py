@@ -1,0 +1,61 @@
+"""A rich progress bar for training: steps, images/s, ETA and the latest loss.
+
+Quiet by default in the sense that matters: one bar on the main process, no logs. It is
+disabled on non-main ranks and when ``enabled`` is False (tests, sweeps, ``train.progress``).
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second, in the unit the task names (img/s)."""
+
+    def render(self, task: Task) -> Text:
+        rate = task.fields.get("rate")
+        return Text(f"{rate:,.0f} {task.fields.get('unit', 'it')}/s" if rate else "-", style="cyan")
+
+
+class TrainProgress:
+    """``with TrainProgress(total_steps, ...) as bar: bar.advance(images=n, loss=...)``."""
+
+    def __init__(self, total_steps: int, description: str = "train", enabled: bool = True,
+                 unit: str = "img", console: Console | None = None, completed: int = 0) -> None:
+        self.enabled = enabled
+        self._images = 0
+        self._t0 = time.perf_counter()
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            _RateColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(),
+            console=console, disable=not enabled, transient=False,
+        )
+        self._task = self._progress.add_task(description, total=total_steps, completed=completed,
+                                             info="", rate=None, unit=unit)
+
+    def __enter__(self) -> "TrainProgress":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._progress.__exit__(exc_type, exc, tb)
+
+    def advance(self, images: int = 0, description: str | None = None, **info: float) -> None:
+        self._images += images
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        text = "  ".join(f"{k} {v:.3f}" for k, v in info.items())
+        kwargs = {"description": description} if description else {}
+        self._progress.update(self._task, advance=1, info=text, rate=self._images / elapsed, **kwargs)
+
+    def log(self, message: str) -> None:
+        """Print a line above the bar (epoch summaries)."""
+        if self.enabled:
+            self._progress.console.print(message)

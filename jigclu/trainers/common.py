@@ -1,0 +1,84 @@
+"""Pieces every trainer shares: seeding, eval preprocessing, schedules, dataset subsets."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from jigclu.augment import IMAGENET_MEAN, IMAGENET_STD, to_float_rgb
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def eval_images(images: Tensor, size: int, device: torch.device | str) -> Tensor:
+    """uint8 ``[B, C, H, W]`` -> normalised float ``[B, 3, size, size]`` on ``device``."""
+    x = to_float_rgb(images.to(device, non_blocking=True))
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def cosine_lambda(total_steps: int, warmup_steps: int = 0):
+    """LR multiplier: linear warm-up, then cosine decay to 0 over ``total_steps`` (per step)."""
+
+    def fn(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return fn
+
+
+def stack_items(dataset: Dataset, indices: Tensor | list[int]) -> tuple[Tensor, Tensor]:
+    """Materialise ``dataset[indices]`` as one uint8 image tensor and a label tensor."""
+    images = getattr(dataset, "images", None)
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    if images is not None:
+        return images[idx], dataset.labels[idx]
+    items = [dataset[int(i)] for i in idx]
+    return torch.stack([im for im, _ in items]), torch.tensor([lab for _, lab in items])
+
+
+def seeded_subset(n: int, limit: int | None, seed: int) -> Tensor:
+    """A seeded random subset of ``range(n)`` of size ``limit`` (all of it when None)."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:limit].sort().values
+
+
+class SubsetDataset(Dataset):
+    """``dataset`` restricted to ``indices``, keeping the attributes trainers rely on
+    (``labels``, ``num_classes``, ``classes``, ``channels``, ``images`` when in memory)."""
+
+    def __init__(self, dataset: Dataset, indices: Tensor) -> None:
+        self.dataset = dataset
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.labels = dataset.labels[self.indices]
+        self.num_classes = dataset.num_classes
+        self.classes = getattr(dataset, "classes", [str(i) for i in range(self.num_classes)])
+        self.channels = getattr(dataset, "channels", 3)
+        self.name = getattr(dataset, "name", "subset")
+        parent_images = getattr(dataset, "images", None)
+        self.images = parent_images[self.indices] if parent_images is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        if self.images is not None:
+            return self.images[i], int(self.labels[i])
+        return self.dataset[int(self.indices[i])]
