@@ -87,6 +87,25 @@ class MonitorConfig(_Section):
     every: int = Field(1, ge=1, description="run the monitor every N epochs (and at the last)")
 
 
+class EvalConfig(_Section):
+    """Downstream trainers (linear, semi, finetune). ``None`` means the protocol's paper default
+    (SPEC.md section 2), resolved by the trainer and written to the run's config."""
+
+    pretrained: str | None = Field(None, description="checkpoint (.pt, run dir or export); None = random init")
+    protocol: Literal["linear", "finetune"] | None = Field(None, description="finetune command: which protocol")
+    labels: str = Field("10%", description="semi: 1%, 10%, a fraction in (0, 1], or a file list")
+    label_seed: int = 0
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0, description="classifier lr (linear) / backbone lr (semi, finetune)")
+    classifier_lr: float | None = Field(None, gt=0.0, description="semi: the classifier's own lr")
+    milestones: list[int] | None = None
+    gamma: float | None = Field(None, gt=0.0, le=1.0)
+    weight_decay: float | None = Field(None, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    batch_size: int | None = Field(None, ge=2, description="global batch; None = protocol default")
+    image_size: int | None = Field(None, ge=8, description="input side; None = jigsaw.crop_size")
+
+
 class ScalingSection(_Section):
     workers: int | tuple[int, int] = Field(0, description="0: in-process; N; or [min, max] (elastic)")
     gpu: bool = False
@@ -120,6 +139,7 @@ class RunConfig(_Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     monitor: MonitorConfig = MonitorConfig()
+    eval: EvalConfig = EvalConfig()
     scaling: ScalingSection = ScalingSection()
 
     @field_validator("device")

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from jigclu import dist
-from jigclu.augment import PatchAugment, to_float_rgb
+from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
 from jigclu.context import LocalContext
 from jigclu.data import ShardSampler, collate_uint8, load_dataset
@@ -43,7 +43,7 @@ def make_montages(images: Tensor, augment: PatchAugment, grid: int, cross_ratio:
     one. Returns this worker's montages ``[n, 3, m*s, m*s]``, the permutation over all
     ``m*m*N`` patches of the scope, and ``N`` (the number of images the permutation spans).
     """
-    x = to_float_rgb(images)
+    x = images  # uint8 or float; PatchAugment converts only the pixels it samples
     n, _, height, width = x.shape
     cells = grid * grid
     src, boxes = patch_layout(n, height, width, grid, cross_ratio, x.device)
