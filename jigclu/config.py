@@ -89,7 +89,12 @@ class MonitorConfig(_Section):
 
 class EvalConfig(_Section):
     """Downstream trainers (linear, semi, finetune). ``None`` means the protocol's paper default
-    (SPEC.md section 2), resolved by the trainer and written to the run's config."""
+    (SPEC.md section 2), resolved by the trainer and written to the run's config.
+
+    The downstream trainers read ``eval.*`` for the recipe, ``data.*`` for the data (but
+    ``eval.batch_size``, not ``data.batch_size``) and ``train.steps_per_epoch``/``amp``/
+    ``progress``; ``train.epochs`` and ``optim.*`` belong to pretraining.
+    """
 
     pretrained: str | None = Field(None, description="checkpoint (.pt, run dir or export); None = random init")
     protocol: Literal["linear", "finetune"] | None = Field(None, description="finetune command: which protocol")
@@ -98,12 +103,49 @@ class EvalConfig(_Section):
     epochs: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0.0, description="classifier lr (linear) / backbone lr (semi, finetune)")
     classifier_lr: float | None = Field(None, gt=0.0, description="semi: the classifier's own lr")
-    milestones: list[int] | None = None
+    milestones: list[int] | None = Field(None, description="epochs where the lr is multiplied by gamma; "
+                                         "None = the paper's, scaled to eval.epochs")
     gamma: float | None = Field(None, gt=0.0, le=1.0)
     weight_decay: float | None = Field(None, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     batch_size: int | None = Field(None, ge=2, description="global batch; None = protocol default")
     image_size: int | None = Field(None, ge=8, description="input side; None = jigsaw.crop_size")
+    crop_scale: float = Field(0.08, gt=0.0, le=1.0, description="linear/semi: smallest area fraction "
+                              "of the random-resized crop (torchvision's 0.08)")
+    val_limit: int | None = Field(None, ge=10, description="score on a seeded subset of the test split "
+                                  "(None = all of it)")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, v: Any) -> Any:
+        # YAML and key=value overrides turn 0.1 into a float: keep one spelling (a string)
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, v: str) -> str:
+        fraction = label_fraction(v)
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError(f"label fraction must lie in (0, 1] (or 0%-100%), got {v!r}")
+        if fraction is None and not v.strip():
+            raise ValueError("labels must be 1%, 10%, a fraction in (0, 1] or a file list")
+        return v.strip()
+
+    @field_validator("milestones")
+    @classmethod
+    def _check_milestones(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (any(m < 1 for m in v) or sorted(set(v)) != list(v)):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {v}")
+        return v
+
+
+def label_fraction(spec: str) -> float | None:
+    """``"10%"`` -> 0.1, ``"0.1"`` -> 0.1; None when ``spec`` is not a number (a file list)."""
+    text = spec.strip()
+    try:
+        return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
 
 
 class ScalingSection(_Section):

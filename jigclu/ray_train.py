@@ -44,7 +44,6 @@ from ray.train import RunConfig as RayRunConfig  # noqa: E402
 from ray.train import ScalingConfig  # noqa: E402
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
-FAULT_ENV = "JIGCLU_FAULT_KILL_AT_EPOCH"  # "<epoch>:<rank>:<marker file>" (tests: kill a worker once)
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
@@ -70,7 +69,13 @@ def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | 
 
 
 class RayTrainContext(LocalContext):
-    """Run context of a Ray Train worker: checkpoints and metrics go through ``ray.train``."""
+    """Run context of a Ray Train worker: checkpoints and metrics go through ``ray.train``.
+
+    ``fault`` (tests only) is ``"<epoch>:<rank>:<marker file>"``: that rank's process kills
+    itself once, right after reporting that epoch, to exercise Ray Train's recovery.
+    """
+
+    fault: str | None = None
 
     def load_state(self) -> dict[str, Any] | None:
         ckpt = ray.train.get_checkpoint()
@@ -94,16 +99,17 @@ class RayTrainContext(LocalContext):
             # a local mirror of the metrics for the driver's progress display and for humans
             with open(self.run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
-        _maybe_inject_fault(metrics.get("epoch"), rank)
+        if self.fault:
+            _maybe_inject_fault(self.fault, metrics.get("epoch"), rank)
 
 
-def _maybe_inject_fault(epoch: Any, rank: int) -> None:
-    """Kill this worker process once, for fault-tolerance tests (``JIGCLU_FAULT_KILL_AT_EPOCH``)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
+def _maybe_inject_fault(spec: str, epoch: Any, rank: int) -> None:
+    """Kill this worker process once (SIGKILL, like an OOM kill or a lost node); tests only."""
     at_epoch, at_rank, marker = spec.split(":", 2)
     if epoch == int(at_epoch) and rank == int(at_rank) and not os.path.exists(marker):
+        # Die during the next epoch, once the controller has collected this epoch's report (it
+        # polls workers every health-check interval), as a real crash mid-epoch would.
+        time.sleep(float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")) * 3)
         Path(marker).write_text(str(time.time()))
         os.kill(os.getpid(), 9)
 
@@ -115,8 +121,9 @@ def _train_fn(loop_config: dict[str, Any]) -> None:
     from jigclu.launch import trainer_for
 
     cfg = RunConfig.model_validate(loop_config["config"])
-    ctx = RayTrainContext(Path(loop_config["run_dir"]), device=rtt.get_device(), resume=True,
-                          progress=False)
+    ctx = RayTrainContext(Path(loop_config["run_dir"].removeprefix("file://")), device=rtt.get_device(),
+                          resume=True, progress=False)
+    ctx.fault = loop_config.get("fault")
     trainer_for(loop_config["task"])(cfg, ctx)
 
 
@@ -144,15 +151,15 @@ def check_storage(storage: str) -> None:
         raise ConfigError(f"storage {storage} is not usable: {str(exc).splitlines()[0]}") from None
 
 
-def check_resources(cfg: RunConfig, started_locally: bool) -> None:
+def check_resources(cfg: RunConfig, local_cluster: bool) -> None:
     """Reject requests the cluster can never satisfy instead of waiting for them forever."""
     total = ray.cluster_resources()
     workers = cfg.scaling.workers
     min_workers = workers[0] if isinstance(workers, tuple) else workers
-    if cfg.scaling.gpu and total.get("GPU", 0) < 1 and started_locally:
+    if cfg.scaling.gpu and total.get("GPU", 0) < 1 and local_cluster:
         raise ConfigError("scaling.gpu=true but this Ray cluster has no GPU; "
                           "use scaling.gpu=false or --address of a GPU cluster")
-    if started_locally:
+    if local_cluster:  # no autoscaler: what the cluster has now is all it will ever have
         need = min_workers * cfg.scaling.cpus_per_worker
         have = total.get("CPU", 0)
         if need > have:
@@ -164,7 +171,7 @@ def check_resources(cfg: RunConfig, started_locally: bool) -> None:
 
 
 def make_trainer(task: str, cfg: RunConfig, run_dir: str, storage: str,
-                 callbacks: list[Any] | None = None) -> TorchTrainer:
+                 callbacks: list[Any] | None = None, fault: str | None = None) -> TorchTrainer:
     """The TorchTrainer of one run (used by the CLI and by each sweep trial)."""
     workers = cfg.scaling.workers
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -172,7 +179,8 @@ def make_trainer(task: str, cfg: RunConfig, run_dir: str, storage: str,
         resources["GPU"] = 1
     return TorchTrainer(
         _train_fn,
-        train_loop_config={"task": task, "config": cfg.model_dump(mode="json"), "run_dir": run_dir},
+        train_loop_config={"task": task, "config": cfg.model_dump(mode="json"), "run_dir": run_dir,
+                           "fault": fault},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.scaling.gpu,
                                      resources_per_worker=resources,
@@ -196,7 +204,7 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False,
-               progress: bool = True, address: str | None = None) -> dict[str, Any]:
+               progress: bool = True, address: str | None = None, fault: str | None = None) -> dict[str, Any]:
     """Run ``task`` under Ray Train; same return value as :func:`jigclu.launch.launch`."""
     from jigclu.launch import run_dir_for
 
@@ -212,9 +220,9 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
                               f"continue it, or set name=<new name> for a new run")
         created = not local.exists()
         save_config(cfg, local / "config.yaml")
-    started = init_ray(address, verbose)
-    check_resources(cfg, started_locally=started and not address)
-    trainer = make_trainer(task, cfg, run_dir, storage)
+    init_ray(address, verbose)
+    check_resources(cfg, local_cluster=not (address or os.environ.get("RAY_ADDRESS")))
+    trainer = make_trainer(task, cfg, run_dir, storage, fault=fault)
     watcher = _MetricsWatcher(Path(run_dir), cfg, enabled=progress and cfg.train.progress and _is_local(run_dir))
     try:
         with watcher:

@@ -96,9 +96,12 @@ def run_pretrain(cfg: RunConfig, ctx: LocalContext) -> dict[str, Any]:
     device = ctx.device
     world, rank = dist.world_size(), dist.rank()
     global_batch = cfg.data.batch_size
-    if global_batch % world:
-        raise ConfigError(f"data.batch_size={global_batch} is not divisible by {world} workers")
+    # The global batch is fixed whatever the world size (elastic runs keep their lr); when it
+    # does not divide evenly each worker takes the floor and a few images per step are left out.
     local_batch = global_batch // world
+    if local_batch < 2:
+        raise ConfigError(f"data.batch_size={global_batch} leaves fewer than 2 images per worker "
+                          f"on {world} workers")
 
     train_ds = load_dataset(cfg.data.dataset, "train", image_size=cfg.data.image_size,
                             on_corrupt=cfg.data.on_corrupt)
@@ -178,7 +181,7 @@ def run_pretrain(cfg: RunConfig, ctx: LocalContext) -> dict[str, Any]:
             metrics["loc_acc"] *= 100.0
             metrics.update(epoch=epoch, step=global_step, lr=scheduler.get_last_lr()[0],
                            images_per_s=steps_per_epoch * global_batch / elapsed, epoch_time_s=elapsed,
-                           world_size=world)
+                           world_size=world, time=time.time())
             if monitor is not None and ((epoch + 1) % cfg.monitor.every == 0 or epoch + 1 == cfg.train.epochs):
                 metrics.update(monitor.evaluate(_unwrap(model).backbone, device))
                 best_knn = max(best_knn or 0.0, metrics["knn_top1"])
