@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -436,30 +436,53 @@ def blur_matrices(sigma: Tensor, size: int, kernel_size: int) -> Tensor:
     ``M @ column`` equals padding then convolving. Built as kernels times a constant 0/1 tap
     layout (a matmul), not a scatter, so it is deterministic on every device.
     """
-    pad = kernel_size // 2
-    if pad >= size:
+    if kernel_size // 2 >= size:
         raise ValueError(f"kernel size {kernel_size} is too large for reflect padding of {size} pixels")
-    pixel = torch.arange(size, device=sigma.device)
-    source = (pixel[:, None] + torch.arange(kernel_size, device=sigma.device)[None, :] - pad).abs()
-    source = torch.where(source > size - 1, 2 * (size - 1) - source, source)  # [size, k]
-    layout = F.one_hot(source, size).to(torch.float32).permute(1, 0, 2).reshape(kernel_size, size * size)
+    layout = _tap_layout(size, kernel_size, sigma.device)
     return (gaussian_kernels(sigma, kernel_size) @ layout).view(-1, size, size)
+
+
+@lru_cache(maxsize=32)
+def _tap_layout(size: int, kernel_size: int, device: torch.device) -> Tensor:
+    """Constant 0/1 ``[k, size*size]``: tap ``t`` of output pixel ``i`` reads source pixel ``j``.
+
+    Cached: it depends only on the sizes, and rebuilding it (a one-hot of ``size*k`` entries)
+    cost as much as a chunk's blur matmuls. Callers must not modify it in place.
+    """
+    pad = kernel_size // 2
+    pixel = torch.arange(size, device=device)
+    source = (pixel[:, None] + torch.arange(kernel_size, device=device)[None, :] - pad).abs()
+    source = torch.where(source > size - 1, 2 * (size - 1) - source, source)  # [size, k]
+    return F.one_hot(source, size).to(torch.float32).permute(1, 0, 2).reshape(kernel_size, size * size)
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Separable Gaussian blur with its own ``sigma`` per patch and reflect padding (torchvision's).
 
-    Blurring rows then columns is ``M_h @ x @ M_w^T`` with :func:`blur_matrices`: two batched
+    Blurring rows then columns is ``M_h @ x @ M_w^T`` with :func:`blur_matrices`: batched
     matmuls, which beat a depthwise convolution with one group per (patch, channel) several
-    times over on CPU and need no padded copy. Patches with ``sigma <= 0`` come back exactly
+    times over on CPU and need no padded copy. The per-patch matrices are never broadcast over
+    the channels (``torch.matmul`` would materialise a copy per channel, which made the blur
+    2.5x slower on CPU): the column pass treats the channels' rows as one ``[C*H, W]`` matrix
+    and the row pass runs once per channel. Patches with ``sigma <= 0`` come back exactly
     unchanged, even where float32 matmuls run at reduced (TF32) precision. Returns a new tensor.
     """
     if kernel_size <= 1 or x.shape[0] == 0:
         return x
-    h, w = x.shape[-2:]
+    p, c, h, w = x.shape
     rows = blur_matrices(sigma, h, kernel_size)
     cols = rows if w == h else blur_matrices(sigma, w, kernel_size)
-    blurred = torch.matmul(rows[:, None], torch.matmul(x, cols.transpose(1, 2)[:, None]))
+    across = torch.bmm(x.reshape(p, c * h, w), cols.transpose(1, 2)).view(p, c, h, w)
+    if torch.is_grad_enabled() and (across.requires_grad or rows.requires_grad):
+        blurred = torch.stack([torch.bmm(rows, across[:, ch]) for ch in range(c)], dim=1)
+    else:  # out= saves the stacking copy but does not record gradients
+        blurred = torch.empty_like(across)
+        for ch in range(c):
+            torch.bmm(rows, across[:, ch], out=blurred[:, ch])
+    # On CPU the caller (_apply_where) passes only blurred patches; skip the select then
+    # (checking is free on CPU, a host sync elsewhere).
+    if x.device.type == "cpu" and bool((sigma > 0).all()):
+        return blurred
     return torch.where(_per_patch(sigma > 0), blurred, x)
 
 
@@ -486,7 +509,10 @@ def _apply_where(x: Tensor, mask: Tensor, op: Callable[..., Tensor], *params: Te
     if index.numel() == x.shape[0]:
         return op(x, *params)
     if index.numel() > 0:
-        x[index] = op(x[index], *(q[index] for q in params))
+        # index_select / index_copy_ move whole patches (memcpy per row); x[index] = ... goes
+        # through the generic index_put kernel, several times slower on CPU.
+        picked = op(x.index_select(0, index), *(q.index_select(0, index) for q in params))
+        x.index_copy_(0, index, picked)
     return x
 
 
@@ -669,5 +695,5 @@ class PatchAugment(torch.nn.Module):
                 x = resample_patches(_as_float_rgb(images[which]), grid, per_image)
                 if self.enabled:
                     x = self.apply_color(x, chunk)
-                out[ids] = normalize_(x, mean, std)
+                out.index_copy_(0, ids, normalize_(x, mean, std))  # not out[ids] =: see _apply_where
             return out

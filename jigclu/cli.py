@@ -73,6 +73,21 @@ def _print_summary(task: str, summary: dict[str, Any]) -> None:
         console.print(f"run directory: {summary['run_dir']}")
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from tune.space import load_sweep
+    from tune.sweep import run_sweep
+
+    sweep = load_sweep(args.config, args.overrides)
+    summary = run_sweep(sweep, resume=args.resume, verbose=args.verbose, progress=not args.no_progress,
+                        address=args.address)
+    if args.no_report:
+        print(f"sweep directory: {summary['sweep_dir']}")
+        return 0
+    from tune.report import main as report_main
+
+    return report_main([summary["sweep_dir"]])
+
+
 def _cmd_data_convert(args: argparse.Namespace) -> int:
     from jigclu.data import convert_main
 
@@ -93,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_options(p)
         p.set_defaults(func=_cmd_train(task))
 
+    tp = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune + Optuna (then its report)",
+                        description="Run or continue a sweep defined in YAML (tune/configs/*.yaml). "
+                                    "Re-running the same sweep name continues it.")
+    tp.add_argument("--config", "-c", required=True, help="sweep file, e.g. tune/configs/pretrain_fashion.yaml")
+    tp.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="sweep overrides (num_samples=4) or trainer overrides (config.train.epochs=2)")
+    tp.add_argument("--resume", action="store_true", help="continue the sweep (also the default when it exists)")
+    tp.add_argument("--no-progress", action="store_true", help="no live display")
+    tp.add_argument("--no-report", action="store_true", help="do not print the report at the end")
+    tp.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:port)")
+    tp.set_defaults(func=_cmd_tune)
+
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", metavar="ACTION")
     conv = data.add_parser("convert", help="write any dataset source as Parquet shards",
                            description="SRC is a dataset spec (digits, fashion_mnist:DIR, cifar10:DIR, "
@@ -108,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves here."""
-    for module in ("jigclu.cluster",):
+    for module in ("jigclu.cluster", "jigclu.cli_eval", "tune.report"):
         try:
             mod = __import__(module, fromlist=["add_cli"])
         except ImportError:

@@ -1,0 +1,280 @@
+"""Sweep definitions: a YAML file -> a validated search space -> an Optuna define-by-run function.
+
+A sweep file names the trainer, its base config, and the knobs to search::
+
+    task: pretrain
+    base: ../../configs/demo.yaml        # relative to this file (optional)
+    config: {train: {epochs: 4}}         # overrides on top of base (optional)
+    space:
+      model.grid: choice [2, 3, 4]
+      optim.lr: loguniform 0.005 0.3
+      loss.w_loc: uniform 0.25 2.0
+      data.batch_size: choice [64, 128]
+      monitor.k: int 5 50
+    metric: knn_top1
+    mode: max
+    num_samples: 8
+    ...
+
+Each key of ``space`` must be a key of the trainer config; every value a sampler may produce is
+checked against the config model before any trial starts, so an unknown key, an empty
+choice, a ``loguniform`` with a non-positive bound, or a space in which no combination is
+valid is one clear error up front.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jigclu.config import RunConfig, build_config, deep_merge, format_validation_error, read_yaml
+from jigclu.errors import ConfigError
+
+KINDS = ("choice", "uniform", "loguniform", "int", "logint")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched knob: ``kind`` and its arguments (choices, or low/high bounds)."""
+
+    key: str
+    kind: str
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask an Optuna trial (or Tune's captor of one) for a value."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        low, high = self.values
+        if self.kind == "uniform":
+            return trial.suggest_float(self.key, low, high)
+        if self.kind == "loguniform":
+            return trial.suggest_float(self.key, low, high, log=True)
+        return trial.suggest_int(self.key, int(low), int(high), log=self.kind == "logint")
+
+    def corners(self) -> list[Any]:
+        """Values that represent the whole range when checking validity up front."""
+        if self.kind == "choice":
+            return list(self.values)
+        low, high = self.values
+        if self.kind in ("int", "logint"):
+            return sorted({int(low), int(high), int((low + high) // 2)})
+        mid = math.sqrt(low * high) if self.kind == "loguniform" else (low + high) / 2
+        return [low, mid, high]
+
+
+def parse_param(key: str, spec: Any) -> Param:
+    """``"loguniform 0.005 0.3"``, ``"choice [2, 3]"`` or ``{"choice": [2, 3]}`` -> Param."""
+    if isinstance(spec, dict) and len(spec) == 1:
+        kind, args = next(iter(spec.items()))
+    elif isinstance(spec, str) and spec.split(maxsplit=1)[0] in KINDS:
+        kind, _, rest = spec.partition(" ")
+        try:
+            rest = rest.strip()
+            args = yaml.safe_load(rest) if rest.startswith("[") else \
+                [yaml.safe_load(tok) for tok in re.split(r"[\s,]+", rest) if tok]
+        except yaml.YAMLError:
+            raise ConfigError(f"space: {key}: cannot parse {spec!r}") from None
+    else:
+        raise ConfigError(f"space: {key}: expected '<kind> <args>' with kind one of {', '.join(KINDS)}; "
+                          f"got {spec!r}")
+    if kind not in KINDS:
+        raise ConfigError(f"space: {key}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    if kind == "choice":
+        if isinstance(args, list) and len(args) == 1 and isinstance(args[0], list):
+            args = args[0]
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"space: {key}: choice needs a non-empty list of values")
+        return Param(key, kind, tuple(args))
+    if not isinstance(args, list) or len(args) != 2 or not all(isinstance(a, (int, float)) for a in args):
+        raise ConfigError(f"space: {key}: {kind} needs two numeric bounds, low and high")
+    low, high = args
+    if not low < high:
+        raise ConfigError(f"space: {key}: {kind} needs low < high (got {low}, {high})")
+    if kind in ("loguniform", "logint") and low <= 0:
+        raise ConfigError(f"space: {key}: {kind} needs positive bounds (got low={low})")
+    if kind in ("int", "logint") and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"space: {key}: int bounds must be whole numbers")
+    return Param(key, kind, (low, high))
+
+
+class SchedulerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+    max_t: int | None = Field(None, ge=1, description="default: the trainer's epochs")
+
+
+class ResourcesSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1.0, ge=0.0, description="CPUs of an in-process trial (per worker for Ray Train trials)")
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class SweepSpec(BaseModel):
+    """A sweep file, validated. ``config`` is the base trainer config (a mapping)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "sweep"
+    task: Literal["pretrain", "linear", "semi", "finetune"] = "pretrain"
+    base: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any] = Field(default_factory=dict)
+    metric: str | None = None
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1, le=100000)
+    max_concurrent: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
+    seed: int = 0
+    output_dir: str = "sweeps"
+    trial_mode: Literal["auto", "inprocess", "ray_train"] = "auto"
+    resources: ResourcesSpec = ResourcesSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or "/" in v or v in (".", ".."):
+            raise ValueError("must be a plain name, not a path")
+        return v
+
+    def default_metric(self) -> str:
+        return self.metric or ("knn_top1" if self.task == "pretrain" else "val_top1")
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: its spec, the resolved base config (a dict) and the parsed space."""
+
+    spec: SweepSpec
+    base: dict[str, Any]
+    params: list[Param]
+
+    @property
+    def metric(self) -> str:
+        return self.spec.default_metric()
+
+    @property
+    def epochs(self) -> int:
+        return int(build_config(RunConfig, self.base).train.epochs) if self.spec.task == "pretrain" \
+            else int(self.trial_config({}).eval.epochs or 100)
+
+    def trial_config(self, sampled: dict[str, Any]) -> RunConfig:
+        """The full trainer config of one trial (raises ConfigError for invalid combinations)."""
+        return build_config(RunConfig, deep_merge(self.base, unflatten(sampled)))
+
+    def define_by_run(self) -> "DefineByRun":
+        return DefineByRun(tuple(self.params))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.spec.model_dump(mode="json")
+        out["config"], out["base"] = self.base, None
+        return out
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """The Optuna define-by-run function of a space (a picklable object, as Tune saves it)."""
+
+    params: tuple[Param, ...]
+
+    def __call__(self, trial: Any) -> None:
+        for p in self.params:
+            p.suggest(trial)
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"optim.lr": 0.1}`` -> ``{"optim": {"lr": 0.1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read, merge and validate a sweep file; ``key=value`` overrides apply to the sweep file
+    (``num_samples=4``) or, with a ``config.`` prefix, to the trainer config."""
+    from jigclu.config import parse_overrides
+
+    path = Path(path)
+    data = read_yaml(path)
+    data = deep_merge(data, parse_overrides(overrides or []))
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc).replace("config:", f"sweep {path.name}:", 1)) from None
+    base: dict[str, Any] = {}
+    if spec.base:
+        base_path = Path(spec.base)
+        if not base_path.is_absolute():
+            base_path = (path.parent / base_path) if (path.parent / base_path).exists() else base_path
+        base = read_yaml(base_path)
+    base = deep_merge(base, spec.config)
+    return validate_sweep(spec, base)
+
+
+def validate_sweep(spec: SweepSpec, base: dict[str, Any]) -> Sweep:
+    """Check the base config and every sampled value against the trainer config model."""
+    try:
+        base_cfg = build_config(RunConfig, base)
+    except ConfigError as exc:
+        raise ConfigError(f"sweep base config: {str(exc).removeprefix('config: ')}") from None
+    params = [parse_param(key, value) for key, value in spec.space.items()]
+    if not params:
+        raise ConfigError("sweep: the space is empty; add at least one key under 'space'")
+    for p in params:
+        _check_key(p.key)
+        for value in p.corners():  # each value must be acceptable on its own
+            try:
+                base_cfg.model_validate(deep_merge(base, unflatten({p.key: value})))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(x) for x in err["loc"])
+                if loc == p.key:
+                    raise ConfigError(f"space: {p.key}: value {value!r} is invalid: "
+                                      f"{err['msg'].removeprefix('Value error, ')}") from None
+    # some combination must be valid (e.g. a grid that divides the crop size)
+    grid = [p.corners() for p in params]
+    total = math.prod(len(g) for g in grid)
+    combos = itertools.islice(itertools.product(*grid), 20000)
+    first_error = None
+    for combo in combos:
+        try:
+            RunConfig.model_validate(deep_merge(base, unflatten(dict(zip([p.key for p in params], combo)))))
+            break
+        except ValidationError as exc:
+            first_error = first_error or format_validation_error(exc).removeprefix("config: ")
+    else:
+        raise ConfigError(f"sweep: no combination of the space is valid ({min(total, 20000)} checked); "
+                          f"for example: {first_error}")
+    return Sweep(spec, base, params)
+
+
+def _check_key(key: str) -> None:
+    """The key must name a leaf of the trainer config (``optim.lr``, not ``optim`` or ``optim.lrr``)."""
+    model: type[BaseModel] = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            raise ConfigError(f"space: unknown key '{key}' ('{part}' is not in "
+                              f"{'.'.join(parts[:i]) or 'the config'})")
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if i == len(parts) - 1:
+                raise ConfigError(f"space: '{key}' is a section; name one of its keys")
+            model = ann
+        elif i != len(parts) - 1:
+            raise ConfigError(f"space: unknown key '{key}' ('{part}' has no sub-keys)")
