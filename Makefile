@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # pytest workers etc. stay modest: CI has 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: setup data test test-fast demo bench bench-quality clean help
+.PHONY: setup data test test-fast demo demo-pretrain bench bench-quality clean help
 
 help:
 	@echo "make demo   - set up, then run the demo (real data, short run, report)"
@@ -40,11 +40,17 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not ray and not slow" $(PYTEST_ARGS)
 
-DEMO_DATA = $(shell [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] && echo fashion_mnist || echo digits)
+# The demo is the main job: a small real sweep (8 trials, ASHA) and its report.
+DEMO_SWEEP = $(shell [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] && echo pretrain_fashion || echo pretrain_digits)
 
 demo: setup
-	$(BIN)/jigclu pretrain --config configs/demo.yaml data.dataset=$(DEMO_DATA) \
-	  $(if $(filter digits,$(DEMO_DATA)),data.image_size=32 data.limit=null,) \
+	$(BIN)/jigclu tune --config tune/configs/$(DEMO_SWEEP).yaml name=demo-$$(date +%Y%m%d-%H%M%S)
+
+# A single real pretraining run (no sweep), for a quick look at the training loop.
+demo-pretrain: setup
+	$(BIN)/jigclu pretrain --config configs/demo.yaml \
+	  data.dataset=$(if $(filter pretrain_fashion,$(DEMO_SWEEP)),fashion_mnist,digits) \
+	  $(if $(filter pretrain_digits,$(DEMO_SWEEP)),data.image_size=32 data.limit=null,) \
 	  name=demo-$$(date +%Y%m%d-%H%M%S)
 
 bench: setup

@@ -1,0 +1,200 @@
+"""Sweeps: space validation up front, an ASHA sweep end to end, NaN trials, resume, no leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jigclu.errors import ConfigError
+from tune.space import load_sweep, parse_param
+
+DIGITS_SWEEP = Path(__file__).parents[1] / "tune" / "configs" / "pretrain_digits.yaml"
+FAST = ["config.train.epochs=3", "config.train.steps_per_epoch=4", "config.data.batch_size=32",
+        "config.model.width=8", "config.monitor.train_limit=300", "config.monitor.test_limit=150"]
+
+
+def sweep_file(tmp_path: Path, space: dict, **extra) -> Path:
+    data = {"name": "t", "task": "pretrain", "config": {"data": {"dataset": "digits", "image_size": 32},
+                                                         "jigsaw": {"crop_size": 32}},
+            "space": space, **extra}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ------------------------------------------------------------------ validation (no Ray)
+
+@pytest.mark.parametrize("text,kind,values", [
+    ("choice [2, 3, 4]", "choice", (2, 3, 4)),
+    ("loguniform 0.005 0.3", "loguniform", (0.005, 0.3)),
+    ("uniform 0, 1", "uniform", (0, 1)),
+    ("int 5 50", "int", (5, 50)),
+    ({"choice": [64, 128]}, "choice", (64, 128)),
+])
+def test_parse_param(text, kind, values):
+    p = parse_param("k", text)
+    assert (p.kind, p.values) == (kind, values)
+
+
+@pytest.mark.parametrize("space,needle", [
+    ({"optim.lrr": "uniform 0.1 0.2"}, "unknown key 'optim.lrr'"),
+    ({"nosuch.lr": "uniform 0.1 0.2"}, "unknown key 'nosuch.lr'"),
+    ({"optim": "uniform 0.1 0.2"}, "is a section"),
+    ({"model.grid": "choice []"}, "non-empty list"),
+    ({"optim.lr": "loguniform 0 0.3"}, "positive bounds"),
+    ({"optim.lr": "loguniform -1 0.3"}, "positive bounds"),
+    ({"optim.lr": "uniform 0.3 0.1"}, "low < high"),
+    ({"optim.lr": "gaussian 0 1"}, "expected '<kind> <args>'"),
+    ({"model.grid": "choice [1, 2]"}, "value 1 is invalid"),
+    ({"model.grid": "choice [3, 5]"}, "no combination of the space is valid"),
+    ({}, "space is empty"),
+])
+def test_bad_spaces_fail_before_any_trial(tmp_path, space, needle):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(sweep_file(tmp_path, space))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_partly_invalid_space_is_accepted(tmp_path):
+    # grid 3 cannot split a 32 px crop, grid 2 can: trials that draw 3 error, the sweep goes on
+    sweep = load_sweep(sweep_file(tmp_path, {"model.grid": "choice [2, 3]", "optim.lr": "loguniform 0.01 1"}))
+    assert [p.key for p in sweep.params] == ["model.grid", "optim.lr"]
+    with pytest.raises(ConfigError, match="cannot be split"):
+        sweep.trial_config({"model.grid": 3, "optim.lr": 0.1})
+    assert sweep.trial_config({"model.grid": 2, "optim.lr": 0.1}).optim.lr == 0.1
+
+
+def test_sweep_overrides_and_unknown_sweep_key(tmp_path):
+    sweep = load_sweep(DIGITS_SWEEP, ["num_samples=3", "config.train.epochs=2"])
+    assert sweep.spec.num_samples == 3 and sweep.epochs == 2
+    with pytest.raises(ConfigError, match="unknown key 'num_sample'"):
+        load_sweep(DIGITS_SWEEP, ["num_sample=3"])
+
+
+def test_define_by_run_asks_optuna():
+    import optuna
+
+    sweep = load_sweep(DIGITS_SWEEP)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), direction="maximize")
+    trial = study.ask()
+    sweep.define_by_run()(trial)
+    assert set(trial.params) == {p.key for p in sweep.params}
+    assert trial.params["model.grid"] in (2, 4)
+
+
+# ------------------------------------------------------------------ real sweeps (shared Ray)
+
+def results_of(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@pytest.mark.ray
+def test_asha_sweep_end_to_end_and_best_config_reruns(ray_local, tmp_path):
+    from jigclu.cli import main
+    from tune.sweep import run_sweep
+
+    sweep = load_sweep(DIGITS_SWEEP, [*FAST, "num_samples=4", "max_concurrent=1", f"output_dir={tmp_path}",
+                                      "name=e2e"])
+    summary = run_sweep(sweep, progress=False)
+    sweep_dir = Path(summary["sweep_dir"])
+    assert summary["trials"] == 4 and summary["errored"] == 0
+    assert summary["stopped"] >= 1, "ASHA stopped no trial early"
+    assert (sweep_dir / "optuna.db").exists() and (sweep_dir / "sweep.yaml").exists()
+    trials = sorted(sweep_dir.glob("trial-*"))
+    assert len(trials) == 4
+    epochs = {t.name: len(results_of(t)) for t in trials}
+    assert max(epochs.values()) == 3 and min(epochs.values()) < 3
+
+    import optuna
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert len(study.trials) == 4
+
+    best = max(trials, key=lambda t: max(r["knn_top1"] for r in results_of(t)))
+    cfg = yaml.safe_load((best / "config.yaml").read_text())
+    sampled = json.loads((best / "sampled.json").read_text())
+    assert cfg["optim"]["lr"] == pytest.approx(sampled["optim.lr"])
+    code = main(["pretrain", "--no-progress", "--config", str(best / "config.yaml"),
+                 f"output_dir={tmp_path / 'rerun'}", "name=best"])
+    assert code == 0
+    assert (tmp_path / "rerun" / "best" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.ray
+def test_nan_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path):
+    from tune.sweep import run_sweep
+
+    path = sweep_file(tmp_path, {"loss.temperature": "choice [0.3, 1e-40]"}, num_samples=4, max_concurrent=2,
+                      output_dir=str(tmp_path / "sweeps"), name="nan",
+                      scheduler={"type": "none"})
+    data = yaml.safe_load(path.read_text())
+    data["config"].update(train={"epochs": 1, "steps_per_epoch": 3, "progress": False},
+                          data={"dataset": "digits", "image_size": 32, "batch_size": 32},
+                          model={"width": 8}, monitor={"train_limit": 200, "test_limit": 100})
+    path.write_text(yaml.safe_dump(data))
+    summary = run_sweep(load_sweep(path), progress=False)
+    assert summary["errored"] >= 1 and summary["finished"] >= 1
+    errors = [t for t in Path(summary["sweep_dir"]).glob("trial-*") if (t / "error.txt").exists()]
+    assert errors and all("loss became nan" in (t / "error.txt").read_text() for t in errors)
+
+
+@pytest.mark.ray
+def test_nested_ray_train_trials_do_not_leak_resources(ray_local, tmp_path):
+    """ASHA stops trials that run a nested Ray Train job; every trial starts and CPUs come back."""
+    from tune.sweep import run_sweep
+
+    total = ray_local.cluster_resources()["CPU"]
+    sweep = load_sweep(DIGITS_SWEEP, [*FAST, "num_samples=4", "max_concurrent=1", "trial_mode=ray_train",
+                                      "config.scaling.workers=1", "config.monitor.train_limit=100",
+                                      "config.monitor.test_limit=50", f"output_dir={tmp_path}", "name=leak",
+                                      "config.scaling.cpus_per_worker=2"])
+    summary = run_sweep(sweep, progress=False)
+    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    assert summary["stopped"] >= 1, "ASHA stopped no trial: the leak path was not exercised"
+    deadline = time.time() + 30
+    while time.time() < deadline and ray_local.available_resources().get("CPU", 0) < total:
+        time.sleep(0.5)
+    assert ray_local.available_resources().get("CPU", 0) == total
+
+
+@pytest.mark.ray
+def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
+    address = ray_local.get_runtime_context().gcs_address
+    args = [*FAST, "num_samples=4", "max_concurrent=1", "scheduler.type=none", f"output_dir={tmp_path}", "name=res"]
+    proc = subprocess.Popen([sys.executable, "-m", "jigclu.cli", "tune", "--no-progress", "--no-report",
+                             "--address", address, "--config", str(DIGITS_SWEEP), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep_dir = tmp_path / "res"
+    deadline = time.time() + 240
+
+    def finished() -> list[Path]:
+        return [t for t in sweep_dir.glob("trial-*") if any(r.get("done") for r in results_of(t))]
+
+    try:
+        while time.time() < deadline and len(finished()) < 2:
+            assert proc.poll() is None, "sweep driver exited early"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = {t.name: (t / "result.json").read_text() for t in finished()}
+    assert len(done_before) >= 2
+    time.sleep(2)
+
+    from tune.sweep import run_sweep
+
+    summary = run_sweep(load_sweep(DIGITS_SWEEP, args), resume=True, progress=False)
+    assert summary["resumed"] and summary["trials"] == 4
+    assert summary["finished"] == 4, summary
+    for name, text in done_before.items():  # finished trials kept their ids and results
+        assert (sweep_dir / name / "result.json").read_text() == text
+    assert len(list(sweep_dir.glob("trial-*"))) == 4
