@@ -2,7 +2,8 @@
 
 A head with 0 CPUs and a worker type of 1-CPU nodes (at most 2), served by Ray's fake
 multi-node provider and read by autoscaler v2 (the default for `ray up` since Ray 2.50): an
-actor group that needs 2 CPUs can only run once the autoscaler has launched two nodes.
+2-worker jigclu pretraining (1 CPU per worker) can only start once the autoscaler has
+launched two nodes, and then runs to its last epoch.
 
 Why not ``ray.cluster_utils.AutoscalingCluster``: in the Ray 2.60 wheel it reads
 ``fake_multi_node/example.yaml``, which the wheel does not ship, and its start/stop run
@@ -73,21 +74,26 @@ def _autoscaling_config(gcs_port: int) -> dict:
 
 DRIVER = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys
+    from pathlib import Path
     import ray
+    from jigclu.config import load_config
+    from jigclu.context import read_metrics
+    from jigclu.ray_train import launch_ray
 
-    ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+    address, out = sys.argv[1], Path(sys.argv[2])
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     before = sum(n["Alive"] for n in ray.nodes())
-
-    @ray.remote(num_cpus=1)
-    class Worker:
-        def node(self):
-            return ray.get_runtime_context().get_node_id()
-
-    workers = [Worker.remote() for _ in range(2)]  # 2 CPUs; the head has none
-    nodes = ray.get([w.node.remote() for w in workers], timeout=120)
+    # 2 training workers of 1 CPU each; the head has none: the autoscaler must add 2 nodes
+    cfg = load_config(None, [
+        "data.dataset=digits", "data.image_size=32", "data.batch_size=32", "model.width=8",
+        "jigsaw.crop_size=32", "train.progress=false", "monitor.knn=false", "train.epochs=2",
+        "train.steps_per_epoch=3", "scaling.workers=2", f"output_dir={out}", "name=autoscaled"])
+    summary = launch_ray("pretrain", cfg, progress=False, address=address)
     after = sum(n["Alive"] for n in ray.nodes())
-    print(json.dumps({"before": before, "after": after, "nodes": nodes}))
+    metrics = read_metrics(out / "autoscaled")
+    print(json.dumps({"before": before, "after": after, "epochs": [m["epoch"] for m in metrics],
+                      "world": [m["world_size"] for m in metrics], "last": summary["last"].get("epoch")}))
     """
 )
 
@@ -113,7 +119,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
-def test_autoscaler_adds_nodes_for_a_two_cpu_actor_group():
+def test_autoscaler_adds_nodes_for_two_worker_pretraining():
     gcs_port = _free_port()
     tmp = tempfile.mkdtemp(prefix="jca")  # short: Ray's unix socket paths live under it
     config_path = os.path.join(tmp, "autoscaling.json")
@@ -150,17 +156,19 @@ def test_autoscaler_adds_nodes_for_a_two_cpu_actor_group():
     try:
         driver_env = {k: v for k, v in env.items() if not k.startswith("RAY_OVERRIDE")}
         driver_env.pop("RAY_CLOUD_INSTANCE_ID")
+        # the worker group waits while the autoscaler launches nodes
+        driver_env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "120"
         result = subprocess.run(
-            [sys.executable, "-c", DRIVER, f"127.0.0.1:{gcs_port}"],
-            env=driver_env, capture_output=True, text=True, timeout=180,
+            [sys.executable, "-c", DRIVER, f"127.0.0.1:{gcs_port}", os.path.join(tmp, "runs")],
+            env=driver_env, capture_output=True, text=True, timeout=300,
         )
         head_log = open(log_path).read()[-3000:]
         assert result.returncode == 0, f"{result.stderr[-3000:]}\n--- head ---\n{head_log}"
         report = json.loads(result.stdout.strip().splitlines()[-1])
-        assert report["before"] >= 1
-        assert len(set(report["nodes"])) == 2, report  # one actor per 1-CPU node
-        assert HEAD_ID not in report["nodes"]
-        assert report["after"] == 3  # head + the two nodes the autoscaler launched
+        assert report["before"] == 1, report  # only the head (0 CPUs) at the start
+        assert report["after"] == 3, report  # head + the two nodes the autoscaler launched
+        assert report["epochs"] == [0, 1] and report["last"] == 1, report  # the run finished
+        assert report["world"] == [2, 2], report
     finally:
         _stop_group(head)
         shutil.rmtree(tmp, ignore_errors=True)
