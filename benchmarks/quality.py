@@ -37,6 +37,7 @@ import torch
 from jigclu.cli_eval import knn_eval, prepare_config
 from jigclu.config import load_config
 from jigclu.data import FASHION_MNIST_DIR
+from jigclu.errors import TrainingError
 from jigclu.launch import launch
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -54,12 +55,13 @@ class Budget:
     pretrain_epochs: int = 5
     pretrain_batch: int = 128
     pretrain_lr: float = 0.2  # per 256 images (scaled by the batch)
-    linear_epochs: int = 12
-    linear_lr: float = 1.0
+    linear_epochs: int = 10
+    linear_batch: int = 64  # more steps per image seen: the forward pass is the CPU cost here
+    linear_lr: float = 0.1  # the paper's 30 suits ResNet-50 on ImageNet; it diverges on these features
     linear_pool: int = 10000
     semi_epochs: dict[str, int] = field(default_factory=lambda: {"1%": 60, "10%": 20})
     semi_batch: int = 64
-    supervised_epochs: int = 5
+    supervised_epochs: int = 4
     val_limit: int = 2000
     seed: int = 0
 
@@ -95,7 +97,11 @@ class Bench:
         if task != "pretrain":
             cfg = prepare_config(task, cfg, notify=lambda _note: None)
         t0 = time.perf_counter()
-        summary = launch(task, cfg, progress=False)
+        try:
+            summary = launch(task, cfg, progress=False)
+        except TrainingError as exc:  # e.g. a diverging lr: report it in the table, keep going
+            print(f"  {name}: {exc}", flush=True)
+            summary = {"best_val_top1": float("nan"), "last": {"val_top1": float("nan")}}
         self.times[name] = time.perf_counter() - t0
         print(f"  {name}: {_headline(summary)} ({self.times[name]:.0f} s)", flush=True)
         return summary
@@ -114,7 +120,7 @@ def _headline(summary: dict[str, Any]) -> str:
     if summary.get("best_val_top1") is not None:
         return f"val top-1 best {summary['best_val_top1']:.2f}%, last {summary['last']['val_top1']:.2f}%"
     last = summary.get("last") or {}
-    return f"loss {last.get('loss', float('nan')):.3f}, kNN top-1 {last.get('knn_top1', float('nan')):.2f}%"
+    return f"loss {last.get('loss', float('nan')):.3f}, location accuracy {last.get('loc_acc', float('nan')):.1f}%"
 
 
 def run(budget: Budget, root: Path) -> dict[str, dict[str, float]]:
@@ -132,7 +138,7 @@ def run(budget: Budget, root: Path) -> dict[str, dict[str, float]]:
         table["kNN (k=20)"][column] = bench.knn(f"knn {column}", ckpt)
         pre = [f"eval.pretrained={ckpt}"] if ckpt else []
         summary = bench.train("linear", f"linear-{column.split()[0].lower()}", *pre, f"data.limit={b.linear_pool}",
-                              f"eval.epochs={b.linear_epochs}", f"eval.lr={b.linear_lr}", "eval.batch_size=256")
+                              f"eval.epochs={b.linear_epochs}", f"eval.lr={b.linear_lr}", f"eval.batch_size={b.linear_batch}")
         table["linear probe"][column] = summary["best_val_top1"]
     for labels, epochs in b.semi_epochs.items():
         row = table.setdefault(f"semi-supervised, {labels} labels", {})
@@ -174,7 +180,7 @@ def markdown(budget: Budget, table: dict[str, dict[str, float]], elapsed: float,
         f"+ flip) on all {b.pool} labels from random init, {b.supervised_epochs} epochs, batch 128 "
         f"({times.get('supervised', 0):.0f} s). kNN / linear rows score its backbone's "
         f"features; semi rows show its own top-1 (the ceiling the label subsets approach).",
-        f"- Linear probe: frozen backbone and BatchNorm, {b.linear_epochs} epochs, batch 256, lr {b.linear_lr} "
+        f"- Linear probe: frozen backbone and BatchNorm, {b.linear_epochs} epochs, batch {b.linear_batch}, lr {b.linear_lr} "
         f"(x0.1 at 60% and 80% of the epochs), random-resized crop + flip.",
         f"- Semi-supervised: paper rates (1%: backbone 0.02 / classifier 5.0; 10%: 0.01 / 0.2), batch "
         f"{b.semi_batch}, x0.1 at 30/60/90% of the epochs; {semi}.",
