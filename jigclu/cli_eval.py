@@ -31,7 +31,8 @@ _HELP = {
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register ``linear``, ``semi``, ``finetune``, ``knn`` and ``export``."""
     for task, text in _HELP.items():
-        p = sub.add_parser(task, help=text, description=f"{text}. Set eval.pretrained=CKPT (a run "
+        # argparse %-formats help strings (not descriptions): "1%" must be written "1%%" there
+        p = sub.add_parser(task, help=text.replace("%", "%%"), description=f"{text}. Set eval.pretrained=CKPT (a run "
                            f"directory, a .pt checkpoint or an exported state dict); without it the "
                            f"backbone starts from random init (the baseline). Paper defaults apply to "
                            f"every eval.* key left unset.")

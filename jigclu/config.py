@@ -102,7 +102,8 @@ class EvalConfig(_Section):
     label_seed: int = 0
     epochs: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0.0, description="classifier lr (linear) / backbone lr (semi, finetune)")
-    classifier_lr: float | None = Field(None, gt=0.0, description="semi: the classifier's own lr")
+    classifier_lr: float | None = Field(None, gt=0.0, description="semi, finetune: the classifier's own lr "
+                                        "(ignored when the backbone is frozen)")
     milestones: list[int] | None = Field(None, description="epochs where the lr is multiplied by gamma; "
                                          "None = the paper's, scaled to eval.epochs")
     gamma: float | None = Field(None, gt=0.0, le=1.0)

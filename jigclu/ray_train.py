@@ -223,7 +223,8 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
     init_ray(address, verbose)
     check_resources(cfg, local_cluster=not (address or os.environ.get("RAY_ADDRESS")))
     trainer = make_trainer(task, cfg, run_dir, storage, fault=fault)
-    watcher = _MetricsWatcher(Path(run_dir), cfg, enabled=progress and cfg.train.progress and _is_local(run_dir))
+    watcher = _MetricsWatcher(Path(run_dir), cfg, enabled=progress and cfg.train.progress and _is_local(run_dir),
+                              task=task)
     try:
         with watcher:
             result = trainer.fit()
@@ -248,7 +249,8 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
 class _MetricsWatcher:
     """Driver-side progress: tails the run's ``metrics.jsonl`` while the workers train."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, cfg: RunConfig, enabled: bool, task: str = "pretrain") -> None:
+        self.task = task
         self.path = Path(str(run_dir).removeprefix("file://")) / "metrics.jsonl"
         self.cfg, self.enabled = cfg, enabled
         self.epochs_seen = 0
@@ -290,9 +292,14 @@ class _MetricsWatcher:
                 continue
             self.epochs_seen += 1
             if console is not None:
-                from jigclu.trainers.pretrain import _epoch_line
+                if "loss_clu" in m:
+                    from jigclu.trainers.pretrain import _epoch_line
 
-                text = _epoch_line(m, self.cfg.train.epochs) if "loss_clu" in m else json.dumps(m)
+                    text = _epoch_line(m, self.cfg.train.epochs)
+                else:
+                    from jigclu.trainers.classify import epoch_line
+
+                    text = epoch_line(self.task, m, self.cfg.eval.epochs or 100)
                 console.print(f"[{m.get('world_size', '?')} workers] {text}")
                 if status is not None:
                     status.update(f"[bold]{self.cfg.name}[/]: epoch {m.get('epoch', 0) + 2}/"

@@ -13,7 +13,7 @@ import torchvision
 import jigclu.cli as cli
 from jigclu import cli_eval
 from jigclu.checkpoint import save_checkpoint
-from jigclu.export import find_checkpoint, load_backbone_weights
+from jigclu.export import find_checkpoint
 from jigclu.config import load_config
 from jigclu.context import LocalContext, SimulatedCrash, read_metrics
 from jigclu.data import load_dataset
@@ -294,3 +294,13 @@ def test_cli_adopts_the_checkpoint_model_when_unset(tmp_path, capsys, pretrained
     assert code == 0 and "model.width=8" in out
     saved = load_checkpoint(tmp_path / "ok")["config"]
     assert saved["model"]["width"] == 8 and saved["eval"]["lr"] == 30.0
+
+
+def test_help_of_every_downstream_command(capsys):
+    for args in (["--help"], *([c, "--help"] for c in ("linear", "semi", "finetune", "knn", "export"))):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(args)
+        assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("linear", "semi", "finetune", "knn", "export", "--labels", "--protocol", "--checkpoint"):
+        assert command in out

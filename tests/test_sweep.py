@@ -199,3 +199,29 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_local
     for name, text in done_before.items():  # finished trials kept their ids and results
         assert (sweep_dir / name / "result.json").read_text() == text
     assert len(list(sweep_dir.glob("trial-*"))) == 6
+
+
+@pytest.mark.ray
+def test_downstream_linear_sweep_over_learning_rates(ray_local, tmp_path):
+    """The linear-evaluation sweep: trials load a pretrained backbone and report val_top1."""
+    from jigclu.config import load_config
+    from jigclu.context import LocalContext
+    from jigclu.trainers.pretrain import run_pretrain
+    from tune.sweep import run_sweep
+
+    pre = tmp_path / "pre"
+    run_pretrain(load_config(None, ["data.dataset=digits", "data.image_size=32", "data.batch_size=32",
+                                    "model.width=8", "jigsaw.crop_size=32", "train.epochs=1",
+                                    "train.steps_per_epoch=3", "monitor.knn=false", "train.progress=false"]),
+                 LocalContext(pre, progress=False))
+    config = Path(__file__).parents[1] / "tune" / "configs" / "linear_lr.yaml"
+    sweep = load_sweep(config, ["config.data.dataset=digits", "config.data.image_size=32", "config.data.limit=null",
+                                "config.model.width=8", f"config.eval.pretrained={pre}", "config.eval.epochs=2",
+                                "config.eval.val_limit=null", "config.train.steps_per_epoch=3",
+                                "num_samples=2", f"output_dir={tmp_path}", "name=lin"])
+    summary = run_sweep(sweep, progress=False)
+    assert summary["trials"] == 2 and summary["errored"] == 0, summary
+    for trial in (tmp_path / "lin").glob("trial-*"):
+        results = results_of(trial)
+        assert len(results) == 2 and all(0 <= r["val_top1"] <= 100 for r in results)
+        assert yaml.safe_load((trial / "config.yaml").read_text())["eval"]["pretrained"] == str(pre)

@@ -120,8 +120,9 @@ def build_tuner(sweep: Sweep, sweep_dir: Path, callbacks: list[Any]) -> tune.Tun
                             study_name=spec.name, storage=_optuna_storage(sweep_dir))
     limited = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     if spec.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.scheduler.max_t or sweep.epochs,
-                                  grace_period=spec.scheduler.grace_period,
+        max_t = spec.scheduler.max_t or sweep.epochs
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                  grace_period=min(spec.scheduler.grace_period, max_t),  # short runs
                                   reduction_factor=spec.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()

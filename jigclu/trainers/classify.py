@@ -113,13 +113,8 @@ def resolve_eval(cfg: RunConfig, task: str, native_size: int | None = None) -> R
     ev = cfg.eval
     epochs = ev.epochs or proto.epochs
     lr = ev.lr or proto.lr
-    if proto.frozen:
-        if ev.classifier_lr is not None and ev.classifier_lr != lr:
-            raise ConfigError(f"eval.classifier_lr applies to trained backbones; with a frozen backbone "
-                              f"({task}) the classifier's lr is eval.lr")
-        classifier_lr = lr
-    else:
-        classifier_lr = ev.classifier_lr or proto.classifier_lr or lr
+    # with a frozen backbone the classifier is all that trains, at eval.lr
+    classifier_lr = None if proto.frozen else ev.classifier_lr or proto.classifier_lr or lr
     milestones = ev.milestones
     if milestones is None:
         scaled = sorted({max(1, round(m * epochs / proto.epochs)) for m in proto.milestones})
@@ -293,14 +288,7 @@ def load_splits(cfg: RunConfig, select: TrainSelector | None, state: dict[str, A
 
 def native_side(dataset: ImageDataset) -> int:
     """The (larger) side of the dataset's images."""
-    size = getattr(dataset, "image_size", None)
-    if size is None:
-        size = tuple(dataset[0][0].shape[-2:])
-    return int(max(size))
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
+    return int(max(dataset.image_size))
 
 
 def local_run_dir(ctx: LocalContext) -> Path | None:
@@ -357,7 +345,7 @@ def run_classification(cfg: RunConfig, ctx: LocalContext, task: Task,
     cfg = resolve_eval(cfg, task, native_side(data.train))
     ev, proto = cfg.eval, PROTOCOLS[protocol_key(task, cfg)]
     frozen, augment_kind = proto.frozen, proto.augment
-    assert ev.batch_size and ev.epochs and ev.lr and ev.classifier_lr and ev.image_size and ev.gamma
+    assert ev.batch_size and ev.epochs and ev.lr and ev.image_size and ev.gamma  # resolved above
     if ev.batch_size % world:
         raise ConfigError(f"eval.batch_size={ev.batch_size} is not divisible by {world} workers")
     local_batch = ev.batch_size // world
@@ -375,7 +363,7 @@ def run_classification(cfg: RunConfig, ctx: LocalContext, task: Task,
         model.to(device)
     if frozen:
         freeze(model.backbone)
-    optimizer = torch.optim.SGD(_param_groups(model, frozen, ev.lr, ev.classifier_lr), lr=ev.lr,
+    optimizer = torch.optim.SGD(_param_groups(model, frozen, ev.lr, ev.classifier_lr or ev.lr), lr=ev.lr,
                                 momentum=ev.momentum, weight_decay=ev.weight_decay or 0.0)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=ev.milestones or [], gamma=ev.gamma)
     start_epoch, best = 0, {"val_top1": None, "val_top5": None}
