@@ -21,6 +21,7 @@ SCRIPTS = {  # name -> script (run in this order)
     "step_cost": "step_cost.py",
     "pipeline": "pipeline.py",
     "ray_overhead": "ray_overhead.py",
+    "montage_scope": "montage_scope.py",
     "sweep_efficiency": "sweep_efficiency.py",
     "profile_step": "profile_step.py",
 }
