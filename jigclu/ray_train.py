@@ -68,6 +68,14 @@ def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | 
     return True
 
 
+def state_from(ckpt: Checkpoint | None) -> dict[str, Any] | None:
+    """The training state inside a Ray Train / Tune checkpoint (None when there is none)."""
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as directory:
+        return load_checkpoint(Path(directory) / CHECKPOINT_NAME, map_location="cpu")
+
+
 class RayTrainContext(LocalContext):
     """Run context of a Ray Train worker: checkpoints and metrics go through ``ray.train``.
 
@@ -78,11 +86,7 @@ class RayTrainContext(LocalContext):
     fault: str | None = None
 
     def load_state(self) -> dict[str, Any] | None:
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as directory:
-            return load_checkpoint(Path(directory) / CHECKPOINT_NAME, map_location="cpu")
+        return state_from(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         metrics = {k: _jsonable(v) for k, v in metrics.items()}

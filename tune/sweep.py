@@ -28,18 +28,17 @@ from typing import Any
 
 import yaml
 
-from jigclu.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from jigclu.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from jigclu.config import save_config
 from jigclu.context import LocalContext, _jsonable, resolve_device
 from jigclu.errors import ConfigError
 from jigclu.launch import trainer_for
-from jigclu.ray_train import init_ray, make_trainer  # noqa: F401 - sets Ray's quiet env defaults
+from jigclu.ray_train import init_ray, make_trainer, state_from  # also sets Ray's quiet env defaults
 from tune.space import Sweep
 
 # Tune's own console tables and headers: our live display replaces them (verbose=0, old engine)
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune import Checkpoint  # noqa: E402
 
@@ -48,11 +47,7 @@ class TuneTrialContext(LocalContext):
     """Run context of an in-process trial: checkpoints and metrics go to Tune."""
 
     def load_state(self) -> dict[str, Any] | None:
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as directory:
-            return load_checkpoint(Path(directory) / CHECKPOINT_NAME, map_location="cpu")
+        return state_from(tune.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         metrics = {k: _jsonable(v) for k, v in metrics.items()}
@@ -142,8 +137,7 @@ def _trial_name(trial: Any) -> str:
 
 
 def _trainable(sweep: Sweep, sweep_dir: Path) -> Any:
-    uses_train = trial_uses_ray_train(sweep, sweep.trial_config({}) if not sweep.params else
-                                      _any_valid_config(sweep))
+    uses_train = trial_uses_ray_train(sweep, _any_valid_config(sweep))
     fn = tune.with_parameters(run_trial, sweep_dict=sweep.to_dict(), sweep_dir=str(sweep_dir))
     # A trial that drives a Ray Train job needs almost nothing itself: its workers hold the CPUs.
     resources = {"cpu": 0.01} if uses_train else {"cpu": sweep.spec.resources.cpu, "gpu": sweep.spec.resources.gpu}
@@ -218,4 +212,4 @@ def status_counts(grid: Any, sweep: Sweep) -> dict[str, int]:
     return counts
 
 
-__all__ = ["run_sweep", "run_trial", "sweep_dir_of", "TuneTrialContext", "ray", "os"]
+__all__ = ["run_sweep", "run_trial", "sweep_dir_of", "TuneTrialContext"]

@@ -23,7 +23,7 @@ from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
 from jigclu.context import LocalContext
 from jigclu.data import ShardSampler, collate_uint8, load_dataset
-from jigclu.errors import ConfigError, DataError, JigcluError, TrainingError
+from jigclu.errors import ConfigError, DataError, TrainingError
 from jigclu.jigsaw import jigsaw_labels, patch_layout, random_permutation, step_seed, stitch
 from jigclu.losses import JigCluLoss
 from jigclu.models import JigCluModel
@@ -212,4 +212,4 @@ def _limit(ds, limit: int):
     return SubsetDataset(ds, torch.arange(limit))
 
 
-__all__ = ["run_pretrain", "make_montages", "jigclu_losses", "build_model", "JigcluError"]
+__all__ = ["run_pretrain", "make_montages", "jigclu_losses", "build_model"]
