@@ -38,6 +38,9 @@ from tune.space import Sweep
 
 # Tune's own console tables and headers: our live display replaces them (verbose=0, old engine)
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Save the experiment state every second (Tune's default is >= 10 s): a driver killed between
+# saves loses the record of trials started since, and a resumed sweep would start them anew.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 from ray import tune  # noqa: E402
 from ray.tune import Checkpoint  # noqa: E402
@@ -171,6 +174,38 @@ def save_definition(sweep: Sweep, sweep_dir: Path) -> None:
     tmp.replace(path)
 
 
+def set_aside_torn_state(sweep_dir: Path) -> list[str]:
+    """Rename Tune state files that a killed driver left empty or half-written.
+
+    Tune writes its experiment and searcher state in place; a driver killed mid-write leaves a
+    truncated newest file, and restoring from it fails (Tune then silently starts the sweep
+    over). Setting it aside (``*.torn``, nothing deleted) lets the restore use the previous one.
+    """
+    import pickle
+
+    torn = []
+    for pattern in ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl"):
+        for path in sweep_dir.glob(pattern):
+            try:
+                with open(path, "rb") as fh:
+                    json.load(fh) if path.suffix == ".json" else pickle.load(fh)
+            except Exception:  # empty, truncated or otherwise unreadable
+                path.rename(path.with_name(path.name + ".torn"))
+                torn.append(path.name)
+    return torn
+
+
+def set_aside_orphans(sweep_dir: Path, grid: Any) -> None:
+    """Hide trial directories Tune no longer knows: trials started after the last state save of
+    a killed driver, which the resumed sweep ran again under a new id (``.orphan-trial-*``)."""
+    known = {Path(r.path).name for r in grid if getattr(r, "path", None)}
+    if not known:
+        return
+    for directory in sweep_dir.glob("trial-*"):
+        if directory.name not in known:
+            directory.rename(sweep_dir / f".orphan-{directory.name}")
+
+
 def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, progress: bool = True,
               address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
     """Run (or continue) a sweep; returns a small summary (the report reads the directory)."""
@@ -185,6 +220,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     init_ray(address, verbose, num_cpus=num_cpus)
     live = SweepProgress(sweep, enabled=progress)
     started = time.time()
+    if existed:
+        set_aside_torn_state(sweep_dir)
     if existed and tune.Tuner.can_restore(str(sweep_dir)):
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=_trainable(sweep, sweep_dir),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
@@ -194,6 +231,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
         tuner = build_tuner(sweep, sweep_dir, [live])
     with live:
         grid = tuner.fit()
+    if existed:
+        set_aside_orphans(sweep_dir, grid)
     return {"sweep_dir": str(sweep_dir), "resumed": existed, "wall_s": time.time() - started,
             "trials": len(grid), **status_counts(grid, sweep)}
 
