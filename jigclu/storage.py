@@ -1,0 +1,223 @@
+"""Local paths and storage URIs behind one interface (``pyarrow.fs``).
+
+Everything jigclu reads or writes (datasets, run directories, sweeps, exports, reports) may
+live on the local disk, behind ``file://``, or in object storage (``s3://``, ``gs://``;
+S3-compatible stores through ``AWS_ENDPOINT_URL`` or ``?endpoint_override=host:port&scheme=http``).
+pyarrow speaks all of them, so every module resolves its locations here instead of asking
+"is this path local?" itself.
+
+Writes are atomic everywhere: on a local disk a temporary file in the same directory is
+fsynced and renamed into place; on an object store the object is uploaded whole and only then
+becomes visible (a PUT or a completed multipart upload), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from jigclu.errors import JigcluError
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class StorageError(JigcluError):
+    """A storage location cannot be opened, read or written."""
+
+
+def is_uri(location: str | Path) -> bool:
+    """Whether ``location`` carries a scheme (``s3://...``, ``file:///...``)."""
+    return bool(_SCHEME.match(str(location)))
+
+
+def is_local(location: str | Path) -> bool:
+    """A plain path or a ``file://`` URI: on this machine's disk."""
+    text = str(location)
+    return not is_uri(text) or text.startswith("file://")
+
+
+def local_path(location: str | Path) -> Path | None:
+    """The local path behind ``location`` (None for an object-store URI)."""
+    if not is_local(location):
+        return None
+    text = str(location)
+    if text.startswith("file://"):
+        text = "/" + text[len("file://"):].lstrip("/")
+    return Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def normalise(location: str | Path) -> str:
+    """An absolute local path, or the URI as given without a trailing slash."""
+    local = local_path(location)
+    return str(local) if local is not None else str(location).rstrip("/")
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """``location/part/...`` for a path or a URI (query options stay at the end)."""
+    base = normalise(location)
+    if not parts:
+        return base
+    tail = "/".join(p.strip("/") for p in parts if p)
+    if "?" in base and is_uri(base):
+        head, query = base.split("?", 1)
+        return f"{head.rstrip('/')}/{tail}?{query}"
+    return f"{base.rstrip('/')}/{tail}"
+
+
+def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path or a URI; a bad URI is one :class:`StorageError`."""
+    local = local_path(location)
+    if local is not None:
+        return pafs.LocalFileSystem(), str(local)
+    try:
+        return pafs.FileSystem.from_uri(str(location))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        # an unknown scheme, a pyarrow built without S3/GCS, a malformed URI
+        raise StorageError(f"storage {location}: {_first_line(exc)}") from None
+
+
+def display(fs: pafs.FileSystem, path: str) -> str:
+    """A location as the user would write it (scheme included for remote filesystems)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return path
+    scheme = {"gcs": "gs"}.get(fs.type_name, fs.type_name)
+    return f"{scheme}://{path}"
+
+
+def exists(location: str | Path) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(location: str | Path) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def read_bytes(location: str | Path) -> bytes:
+    fs, path = resolve(location)
+    try:
+        with fs.open_input_stream(path) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise StorageError(f"not found: {location}") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read {location}: {_first_line(exc)}") from None
+
+
+def read_text(location: str | Path) -> str:
+    return read_bytes(location).decode()
+
+
+def write_atomic(location: str | Path, data: bytes | str) -> str:
+    """Write ``data`` to ``location`` so no reader ever sees a partial file; returns the location."""
+    payload = data.encode() if isinstance(data, str) else data
+    local = local_path(location)
+    if local is not None:
+        _write_local(local, payload)
+        return str(local)
+    fs, path = resolve(location)
+    try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as fh:  # visible only once the upload completes
+            fh.write(payload)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot write {location}: {_first_line(exc)}") from None
+    return str(location)
+
+
+def write_atomic_with(location: str | Path, write, suffix: str = "") -> str:
+    """Atomically write what ``write(local_file_path)`` produces (for writers that want a file:
+    ``torch.save``, ``pq.write_table``, ``fig.savefig``); ``suffix`` keeps the file type visible."""
+    local = local_path(location)
+    directory = local.parent if local is not None else None
+    if directory is not None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot write {location}: {exc.strerror or exc}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(str(location)).name}.", suffix=f".tmp{suffix}", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        if local is not None:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, local)
+        else:
+            write_atomic(location, Path(tmp).read_bytes())
+    except OSError as exc:
+        raise StorageError(f"cannot write {location}: {exc.strerror or exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return str(location)
+
+
+def append_line(location: str | Path, line: str) -> None:
+    """Append one line (local files: append + fsync; object stores: rewrite the object)."""
+    local = local_path(location)
+    text = line if line.endswith("\n") else line + "\n"
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with open(local, "a") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return
+    old = read_bytes(location) if exists(location) else b""
+    write_atomic(location, old + text.encode())
+
+
+def list_dir(location: str | Path) -> list[str]:
+    """Names directly inside ``location`` (empty when it does not exist)."""
+    fs, path = resolve(location)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot list {location}: {_first_line(exc)}") from None
+    return sorted(info.base_name for info in infos)
+
+
+def delete(location: str | Path) -> None:
+    """Remove a file or a directory tree (nothing when it does not exist)."""
+    fs, path = resolve(location)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def check_writable(location: str | Path) -> None:
+    """Fail in seconds, before anything starts, when ``location`` cannot be written."""
+    local = local_path(location)
+    if local is not None:
+        probe_dir = local
+        while not probe_dir.exists() and probe_dir != probe_dir.parent:
+            probe_dir = probe_dir.parent
+        if not os.access(probe_dir, os.W_OK):
+            raise StorageError(f"storage {location}: {probe_dir} is not writable")
+        return
+    fs, path = resolve(location)
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except (OSError, pa.ArrowException) as exc:  # credentials, unreachable endpoint
+        raise StorageError(f"storage {location}: {_first_line(exc)}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"storage {location}: bucket {bucket!r} does not exist")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["StorageError", "is_uri", "is_local", "local_path", "normalise", "join", "resolve", "display",
+           "exists", "is_file", "read_bytes", "read_text", "write_atomic", "write_atomic_with", "append_line",
+           "list_dir", "delete", "check_writable"]
