@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -34,13 +33,14 @@ from typing import Any
 
 import torch
 
-from jigclu.cli_eval import knn_eval, prepare_config
 from jigclu.config import load_config
 from jigclu.data import FASHION_MNIST_DIR
 from jigclu.errors import TrainingError
 from jigclu.launch import launch
+from jigclu.trainers.knn import knn_eval
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+import common  # noqa: E402 - the benchmarks' shared helpers (this folder is on sys.path)
+
 SECTION = "## Quality"
 
 
@@ -94,11 +94,9 @@ class Bench:
 
     def train(self, task: str, name: str, *overrides: str) -> dict[str, Any]:
         cfg = load_config(None, self.b.common() + [f"output_dir={self.root}", f"name={name}", *overrides])
-        if task != "pretrain":
-            cfg = prepare_config(task, cfg, notify=lambda _note: None)
         t0 = time.perf_counter()
         try:
-            summary = launch(task, cfg, progress=False)
+            summary = launch(task, cfg, progress=False, notify=lambda _note: None)
         except TrainingError as exc:  # e.g. a diverging lr: report it in the table, keep going
             print(f"  {name}: {exc}", flush=True)
             summary = {"best_val_top1": float("nan"), "last": {"val_top1": float("nan")}}
@@ -201,16 +199,6 @@ def markdown(budget: Budget, table: dict[str, dict[str, float]], elapsed: float,
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace the ``## Quality`` section of ``path`` (or append it); other sections stay."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _m: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget smoke run (does not write RESULTS.md)")
@@ -232,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                     + (f" --dataset {args.dataset}" if args.dataset else ""))
     print(text)
     if not args.quick:
-        write_section(text)
-        print(f"wrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS.name}")
+        common.write_section("Quality", text.removeprefix(SECTION))
+        print(f"wrote {common.RESULTS.name}")
     return 0
 
 

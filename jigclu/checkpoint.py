@@ -1,56 +1,43 @@
 """Checkpoints: one dict, written atomically, loaded safely.
 
 A checkpoint holds model, optimizer and scheduler state, the epoch it completed, the global
-step, the resolved config and the world size it was written with. It is written to a
-temporary file in the same directory and renamed into place, so a crash mid-write never
-leaves a half-written ``last.pt``; it is read with ``torch.load(weights_only=True)``, so
-loading a checkpoint never runs pickled code.
+step, the resolved config and the world size it was written with. It is written through
+:func:`jigclu.storage.write_atomic_with` (a crash mid-write never leaves a half-written file,
+locally or in object storage) and read with ``torch.load(weights_only=True)``, so loading a
+checkpoint never runs pickled code. Where a run keeps its checkpoints is
+:class:`jigclu.runs.RunLayout`'s business.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jigclu import storage
 from jigclu.errors import JigcluError
 
-CHECKPOINT_NAME = "last.pt"
+
+def save_checkpoint(state: dict[str, Any], location: str | Path) -> str:
+    """Atomically write ``state`` to ``location`` (a path or a storage URI)."""
+    return storage.write_atomic_with(location, lambda tmp: torch.save(state, tmp), suffix=".pt")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Atomically write ``state`` to ``path`` (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(location: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (or any plain state dict)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise JigcluError(f"checkpoint not found: {path}")
+    if not storage.is_file(location):
+        raise JigcluError(f"checkpoint not found: {location}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or unsafe pickle
-        raise JigcluError(f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__})") from None
+        state = torch.load(io.BytesIO(storage.read_bytes(location)), map_location=map_location,
+                           weights_only=True)
+    except JigcluError:
+        raise
+    except Exception as exc:  # truncated, not a torch file, or an unsafe pickle
+        raise JigcluError(f"checkpoint {location} is unreadable or corrupt ({type(exc).__name__})") from None
     if not isinstance(state, dict):
-        raise JigcluError(f"checkpoint {path} does not hold a state dict")
+        raise JigcluError(f"checkpoint {location} does not hold a state dict")
     return state
 
 

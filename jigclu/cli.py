@@ -1,8 +1,11 @@
 """The ``jigclu`` command line.
 
-    jigclu pretrain --config configs/demo.yaml [key=value ...] [--resume]
-    jigclu data convert SRC DEST
-    jigclu cluster validate [FILES ...]
+    jigclu pretrain|linear|semi|finetune --config FILE [key=value ...] [--resume] [--dry-run]
+    jigclu tune --config SWEEP [key=value ...] [--dry-run]
+    jigclu knn | export | report | data convert | cluster validate ...
+
+It parses and prints, nothing more: the work happens in ``jigclu.launch``, ``tune.sweep`` and
+the modules each subcommand names.
 
 Every user mistake (bad key, missing data, unreadable checkpoint) is one line on stderr and
 a non-zero exit, never a traceback. ``--verbose`` shows framework logs and warnings.
@@ -32,30 +35,74 @@ def _quiet(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _add_run_options(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    p.add_argument("--config", "-c", default=default_config, help="YAML config file (configs/*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. optim.lr=0.05 model.grid=3 scaling.workers=2")
-    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+_TRAIN_HELP = {
+    "pretrain": "JigClu self-supervised pretraining",
+    "linear": "linear evaluation: frozen backbone (BatchNorm included), new linear classifier",
+    "semi": "semi-supervised fine-tuning on 1%/10% (or any fraction, or a file list) of the labels",
+    "finetune": "CIFAR-style small-image training: fine-tune the whole network or a linear classifier",
+}
+_DOWNSTREAM_DESCRIPTION = (". Set eval.pretrained=CKPT (a run directory, a .pt checkpoint or an exported state "
+                           "dict; local or a storage URI); without it the backbone starts from random init (the "
+                           "baseline). Paper defaults apply to every eval.* key left unset.")
+
+
+def add_run_options(p: argparse.ArgumentParser, config_help: str = "YAML config file (configs/*.yaml)",
+                    overrides_help: str = "dotted overrides, e.g. optim.lr=0.05 model.grid=3 scaling.workers=2",
+                    resume_help: str = "continue the run from its last checkpoint", config_required: bool = False) -> None:
+    """The options every command that starts work takes."""
+    p.add_argument("--config", "-c", default=None, required=config_required, help=config_help)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress display (one plain line per event)")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:port)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate everything that can be checked offline, print the resolved config, start nothing")
 
 
 def _cmd_train(task: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from jigclu.config import load_config
-        from jigclu.launch import launch
+        from rich.console import Console
 
-        cfg = load_config(args.config, args.overrides)
-        summary = launch(task, cfg, resume=args.resume, verbose=args.verbose,
-                         progress=not args.no_progress, address=args.address)
-        _print_summary(task, summary)
+        from jigclu.config import load_config
+        from jigclu.launch import launch, prepare
+
+        overrides = list(args.overrides)
+        if getattr(args, "labels", None) is not None:
+            overrides.append(f"eval.labels={args.labels}")
+        if getattr(args, "protocol", None) is not None:
+            overrides.append(f"eval.protocol={args.protocol}")
+        console = Console()
+        cfg = load_config(args.config, overrides)
+        if args.dry_run:
+            cfg = prepare(task, cfg, lambda note: console.print(f"[dim]{note}[/]"))
+            _check_dataset(cfg.data.dataset)
+            print_dry_run(f"{task} run {cfg.name}", cfg.model_dump(mode="json"))
+            return 0
+        if task != "pretrain" and not cfg.eval.pretrained:
+            console.print("[yellow]no eval.pretrained: the backbone starts from random init (baseline)[/]")
+        summary = launch(task, cfg, resume=args.resume, verbose=args.verbose, progress=not args.no_progress,
+                         address=args.address, notify=lambda note: console.print(f"[dim]{note}[/]"))
+        print_summary(task, summary)
         return 0
 
     return run
 
 
-def _print_summary(task: str, summary: dict[str, Any]) -> None:
+def _check_dataset(spec: str) -> None:
+    from jigclu.data.datasets import parse_spec
+
+    parse_spec(spec)
+
+
+def print_dry_run(what: str, resolved: dict[str, Any]) -> None:
+    """The resolved config as YAML, then one line saying nothing started."""
+    import yaml
+
+    print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
+    print(f"# dry run: {what} is valid; nothing was started")
+
+
+def print_summary(task: str, summary: dict[str, Any]) -> None:
     from rich.console import Console
 
     console = Console()
@@ -75,9 +122,14 @@ def _print_summary(task: str, summary: dict[str, Any]) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from tune.space import load_sweep
-    from tune.sweep import run_sweep
 
     sweep = load_sweep(args.config, args.overrides)
+    if args.dry_run:
+        _check_dataset(str((sweep.base.get("data") or {}).get("dataset", "digits")))
+        print_dry_run(f"sweep {sweep.spec.name}", sweep.to_dict())
+        return 0
+    from tune.sweep import run_sweep
+
     summary = run_sweep(sweep, resume=args.resume, verbose=args.verbose, progress=not args.no_progress,
                         address=args.address)
     if args.no_report:
@@ -97,27 +149,35 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jigclu import cli_tools, cluster
+    from tune import report
+
     parser = argparse.ArgumentParser(
         prog="jigclu", description="Jigsaw Clustering pretraining, evaluation and sweeps on Ray.")
     parser.add_argument("--verbose", "-v", action="store_true", help="show framework logs and warnings")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    helps = {"pretrain": "JigClu self-supervised pretraining"}
-    for task, text in helps.items():
-        p = sub.add_parser(task, help=text, description=text)
-        _add_run_options(p)
+    for task, text in _TRAIN_HELP.items():
+        description = text if task == "pretrain" else text + _DOWNSTREAM_DESCRIPTION
+        # argparse %-formats help strings (not descriptions): "1%" must be written "1%%" there
+        p = sub.add_parser(task, help=text.replace("%", "%%"), description=description)
+        add_run_options(p)
+        if task == "semi":
+            p.add_argument("--labels", default=None, metavar="1%|10%|FRACTION|FILE",
+                           help="labeled subset: a percentage, a fraction in (0, 1], or a file listing "
+                                "one training image per line (index, or file name for folder datasets)")
+        if task == "finetune":
+            p.add_argument("--protocol", choices=("finetune", "linear"), default=None,
+                           help="finetune: whole network, lr 0.1, wd 5e-4; linear: frozen backbone, lr 10")
         p.set_defaults(func=_cmd_train(task))
 
     tp = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune + Optuna (then its report)",
                         description="Run or continue a sweep defined in YAML (tune/configs/*.yaml). "
                                     "Re-running the same sweep name continues it.")
-    tp.add_argument("--config", "-c", required=True, help="sweep file, e.g. tune/configs/pretrain_fashion.yaml")
-    tp.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="sweep overrides (num_samples=4) or trainer overrides (config.train.epochs=2)")
-    tp.add_argument("--resume", action="store_true", help="continue the sweep (also the default when it exists)")
-    tp.add_argument("--no-progress", action="store_true", help="no live display")
+    add_run_options(tp, config_help="sweep file, e.g. tune/configs/pretrain_fashion.yaml",
+                    overrides_help="sweep overrides (num_samples=4) or trainer overrides (config.train.epochs=2)",
+                    resume_help="continue the sweep (also the default when it exists)", config_required=True)
     tp.add_argument("--no-report", action="store_true", help="do not print the report at the end")
-    tp.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:port)")
     tp.set_defaults(func=_cmd_tune)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", metavar="ACTION")
@@ -129,18 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--image-size", type=int, default=None)
     conv.set_defaults(func=_cmd_data_convert)
 
-    _register_optional(sub)
+    for module in (cluster, cli_tools, report):  # subcommands that live with what they drive
+        module.add_cli(sub)
     return parser
-
-
-def _register_optional(sub: argparse._SubParsersAction) -> None:
-    """Subcommands that live in their own modules register themselves here."""
-    for module in ("jigclu.cluster", "jigclu.cli_eval", "tune.report"):
-        try:
-            mod = __import__(module, fromlist=["add_cli"])
-        except ImportError:
-            continue
-        mod.add_cli(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

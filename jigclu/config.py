@@ -5,7 +5,7 @@ Configs are validated once, at the edge: a YAML file plus ``key=value`` dotted o
 :class:`~jigclu.errors.ConfigError` naming the key, raised before anything starts.
 
 The same models serve every trainer; each trainer reads the sections it needs. Defaults are
-the paper's (SPEC.md): SGD 0.9 / 1e-4, lr 0.03 per 256 images, cosine, m = 2, T = 0.3.
+the paper's (Chen, Liu, Jia, CVPR 2021): SGD 0.9 / 1e-4, lr 0.03 per 256 images, cosine, m = 2, T = 0.3.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ class TrainConfig(_Section):
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (short runs)")
     amp: Literal["none", "bf16"] = "none"
     progress: bool = True
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="newest checkpoints kept (a corrupt newest "
+                                  "one falls back to the previous)")
 
 
 class MonitorConfig(_Section):
@@ -89,7 +91,7 @@ class MonitorConfig(_Section):
 
 class EvalConfig(_Section):
     """Downstream trainers (linear, semi, finetune). ``None`` means the protocol's paper default
-    (SPEC.md section 2), resolved by the trainer and written to the run's config.
+    (the paper's supplementary section 3), resolved by the trainer and written to the run's config.
 
     The downstream trainers read ``eval.*`` for the recipe, ``data.*`` for the data (but
     ``eval.batch_size``, not ``data.batch_size``) and ``train.steps_per_epoch``/``amp``/
@@ -294,10 +296,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(model, data)
 
 
-def save_config(cfg: BaseModel, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically) so the run can be repeated from it."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(p)
+def save_config(cfg: BaseModel, location: str | Path) -> None:
+    """Write the resolved config as YAML (atomically, to a path or a storage URI) so the run can
+    be repeated from it."""
+    from jigclu.storage import write_atomic
+
+    write_atomic(location, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -6,7 +6,7 @@ plain torchvision-style state dict written by ``jigclu export``. This module fin
 the architecture they were built for off their tensor shapes, refuses weights that do not fit
 the configured ``model.arch``/``model.width`` with one line naming what differs, and writes
 the backbone as a torchvision ResNet state dict for detection / segmentation frameworks
-(SPEC.md section 2.4).
+(the paper's detection and segmentation transfer).
 
 Choice (documented for users): when the configured model section was *not* set by the user
 (no ``model.arch``/``model.width`` in the YAML or the overrides), :func:`adopt_pretrained`
@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jigclu.checkpoint import CHECKPOINT_NAME, backbone_state, load_checkpoint, save_checkpoint
+from jigclu import storage
+from jigclu.checkpoint import backbone_state, load_checkpoint, save_checkpoint
 from jigclu.config import RunConfig, build_config
 from jigclu.errors import ConfigError, JigcluError
 from jigclu.models import ARCHS, ResNetBackbone
+from jigclu.runs import find_checkpoint
 
 # stage block counts -> the arch name (before the small-stem suffix)
 _BLOCKS = {("basic", (2, 2, 2, 2)): "resnet18", ("bottleneck", (3, 4, 6, 3)): "resnet50"}
@@ -39,7 +41,7 @@ class BackboneWeights:
     """A backbone state dict (torchvision key names) and where it came from."""
 
     state: dict[str, Tensor]
-    path: Path
+    path: str
     config: dict[str, Any] | None  # the run config saved in the checkpoint, if any
     task: str | None  # pretrain, linear, semi, finetune; None for an export or a bare dict
 
@@ -49,31 +51,10 @@ class BackboneWeights:
         return infer_arch(self.state)
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file a user means by ``path``.
-
-    Accepts a file, a directory holding ``last.pt``, a local run directory
-    (``checkpoints/last.pt``) or a Ray Train run directory (the newest
-    ``checkpoint_epoch_*/last.pt``).
-    """
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p
-    if p.is_dir():
-        for candidate in (p / CHECKPOINT_NAME, p / "checkpoints" / CHECKPOINT_NAME):
-            if candidate.is_file():
-                return candidate
-        ray_ckpts = sorted(p.glob(f"checkpoint_epoch_*/{CHECKPOINT_NAME}"))
-        if ray_ckpts:
-            return ray_ckpts[-1]
-        raise JigcluError(f"no checkpoint in {p} (looked for {CHECKPOINT_NAME}, checkpoints/{CHECKPOINT_NAME} "
-                          f"and checkpoint_epoch_*/{CHECKPOINT_NAME})")
-    raise JigcluError(f"checkpoint not found: {p}")
-
-
 def load_backbone_weights(path: str | Path) -> BackboneWeights:
-    """Read the backbone of any checkpoint form :func:`find_checkpoint` accepts."""
-    file = find_checkpoint(path)
+    """Read the backbone of a checkpoint file or run directory (local or a storage URI; see
+    :func:`jigclu.runs.find_checkpoint`)."""
+    file = find_checkpoint(str(path))
     state = load_checkpoint(file, map_location="cpu")
     try:
         weights = backbone_state(state)
@@ -180,7 +161,7 @@ def adopt_pretrained(cfg: RunConfig) -> tuple[RunConfig, list[str]]:
 
 @dataclass
 class ExportResult:
-    path: Path
+    path: str
     arch: str
     width: int
     tensors: int
@@ -217,8 +198,8 @@ def export_torchvision(checkpoint: str | Path, out: str | Path) -> ExportResult:
         raise JigcluError(f"{weights.path} holds no ResNet-18/50 backbone jigclu can export")
     arch, width = found
     check_fits(weights, arch, width)
-    out = Path(out).expanduser()
-    if out.is_dir():
+    out = storage.normalise(out)
+    if storage.exists(out) and not storage.is_file(out):
         raise JigcluError(f"export target {out} is a directory; give a file name like backbone.pt")
     state = {k: v.detach().clone().contiguous() for k, v in weights.state.items()}
     save_checkpoint(state, out)

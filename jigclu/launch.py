@@ -1,89 +1,78 @@
-"""Start a training task: pick its run directory, save its config, run it here or on Ray.
+"""Start a training task: fit its config, pick its run directory, run it here or on Ray.
 
 ``scaling.workers: 0`` (the default) runs the loop in this process; ``N`` or ``[min, max]``
-hands the same loop to Ray Train (``jigclu.ray_train``), which is the only module that
-imports Ray.
+hands the same loop to Ray Train (:mod:`jigclu.ray_train`, a Ray wrapper module). Every run
+lives under one storage root, ``storage`` (a local path, ``file://``, ``s3://`` or ``gs://``)
+or else ``output_dir``, at ``<root>/<name>`` (:class:`jigclu.runs.RunLayout`).
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from pathlib import Path
+import re
 from typing import Any, Callable
 
-from jigclu.config import RunConfig, save_config
+from jigclu import storage
+from jigclu.config import RunConfig
 from jigclu.context import LocalContext, resolve_device
-from jigclu.errors import ConfigError, JigcluError
+from jigclu.errors import ConfigError
+from jigclu.runs import RunLayout, cleanup_failed, guard_new_run, run_name, run_root
+from jigclu.trainers import DOWNSTREAM, run_task, task_class
 
-TASKS = ("pretrain", "linear", "semi", "finetune")
-
-
-def trainer_for(task: str) -> Callable[[Any, LocalContext], dict[str, Any]]:
-    """The loop function of a task (imported lazily: torch-heavy modules load on demand)."""
-    if task == "pretrain":
-        from jigclu.trainers.pretrain import run_pretrain
-        return run_pretrain
-    if task == "linear":
-        from jigclu.trainers.linear import run_linear
-        return run_linear
-    if task == "semi":
-        from jigclu.trainers.semi import run_semi
-        return run_semi
-    if task == "finetune":
-        from jigclu.trainers.finetune import run_finetune
-        return run_finetune
-    raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+SCHEMES = ("file", "s3", "gs", "gcs")
 
 
-def run_dir_for(task: str, cfg: RunConfig) -> Path:
-    """``<output_dir>/<name>``; a run without a name gets ``<task>-<timestamp>``."""
-    if cfg.name is None:
-        cfg.name = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if "/" in cfg.name or cfg.name in (".", ".."):
-        raise ConfigError(f"name={cfg.name!r} must be a plain name, not a path")
-    return Path(cfg.output_dir) / cfg.name
+def check_storage_syntax(location: str, key: str = "storage") -> None:
+    """A storage location jigclu can write: a path or a URI of a known scheme (checked offline)."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", location)
+    if match is None:
+        return
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"{key} {location}: unknown scheme '{scheme}://' (use a local path, file://, s3:// or gs://)")
+    if scheme != "file" and not rest.split("?", 1)[0].strip("/"):
+        raise ConfigError(f"{key} {location}: no bucket named")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check the run directory against ``--resume``; returns True when this call created it.
+def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = None) -> RunConfig:
+    """Everything that can be checked before anything starts, applied to ``cfg``.
 
-    A directory that already holds a checkpoint is never overwritten by a new run: the user
-    either resumes it or picks another name.
+    Downstream tasks adopt their pretrained checkpoint's ``model.arch``/``model.width`` where
+    the user set none (:func:`jigclu.export.adopt_pretrained`) and get their protocol's paper
+    defaults filled in, so a bad checkpoint fails before a run directory exists and the saved
+    ``config.yaml`` says exactly what ran. Sweeps call this for every trial too.
     """
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if ckpt.exists() and not resume:
-        raise ConfigError(f"run directory {run_dir} already holds a checkpoint; pass --resume to "
-                          f"continue it, or set name=<new name> for a new run")
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
-    return created
+    task_class(task)  # an unknown task is one line
+    if task in DOWNSTREAM:
+        from jigclu.export import adopt_pretrained
+        from jigclu.trainers.protocols import resolve_eval
+
+        cfg, notes = adopt_pretrained(cfg)
+        for note in notes:
+            (notify or print)(note)
+        cfg = resolve_eval(cfg, task)
+    cfg.name = run_name(task, cfg.name)
+    check_storage_syntax(run_root(cfg))
+    return cfg
 
 
-def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False,
-           progress: bool = True, address: str | None = None) -> dict[str, Any]:
+def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False, progress: bool = True,
+           address: str | None = None, notify: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``task`` with ``cfg``; returns the trainer's summary with ``run_dir`` added."""
-    trainer = trainer_for(task)
-    workers = cfg.scaling.workers
-    if workers != 0:
+    cfg = prepare(task, cfg, notify)
+    if cfg.scaling.workers != 0:
         from jigclu.ray_train import launch_ray  # noqa: PLC0415 - only this path needs Ray
 
         return launch_ray(task, cfg, resume=resume, verbose=verbose, progress=progress, address=address)
     device = resolve_device(cfg.device)
-    run_dir = run_dir_for(task, cfg)
-    created = prepare_run_dir(run_dir, resume)
-    save_config(cfg, run_dir / "config.yaml")
-    ctx = LocalContext(run_dir, device=device, resume=resume, progress=progress and cfg.train.progress,
-                       verbose=verbose)
-    try:
-        summary = trainer(cfg, ctx)
-    except (JigcluError, KeyboardInterrupt):
-        # a run that failed before its first checkpoint leaves nothing behind
-        if created and not ctx.checkpoint_path.exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    summary["run_dir"] = str(run_dir)
+    layout = RunLayout.of(run_root(cfg), cfg.name)
+    storage.check_writable(layout.root)
+    created = guard_new_run(layout, resume)
+    layout.save_config(cfg)
+    ctx = LocalContext(layout.root, device=device, resume=resume, progress=progress and cfg.train.progress,
+                       keep=cfg.train.keep_checkpoints)
+    summary = cleanup_failed(layout, created, lambda: run_task(task, cfg, ctx))
+    summary["run_dir"] = layout.root
     return summary
+
+
+__all__ = ["launch", "prepare", "check_storage_syntax"]

@@ -16,20 +16,19 @@ size from the latest checkpoint when nodes come or go). The loop itself does not
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
-import time
-from pathlib import Path
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Callable
 
-from jigclu.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from jigclu.config import RunConfig, save_config
-from jigclu.context import LocalContext, _jsonable
+from jigclu import storage
+from jigclu.config import RunConfig
+from jigclu.context import checkpoint_dir, state_in
 from jigclu.errors import ConfigError, JigcluError
+from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root,
+                         warn)
+from jigclu.trainers import epoch_line, run_task
 
 # quiet, fast-failing defaults for local clusters; users may override them in the environment
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -44,6 +43,9 @@ from ray.train import RunConfig as RayRunConfig  # noqa: E402
 from ray.train import ScalingConfig  # noqa: E402
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
+ReportHook = Callable[[dict[str, Any], int], None]
+"""Called on every worker after each report with ``(metrics, rank)`` (e.g. fault injection)."""
+
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
@@ -52,7 +54,7 @@ def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | 
 
     A local Ray gets its dashboard process bound to 127.0.0.1: Train's placement-group
     cleanup uses the State API, which only exists when the dashboard runs; without it a
-    stopped trial's workers leak their CPUs (see DESIGN.md). Returns True when this call
+    stopped trial's workers leak their CPUs (``docs/architecture.md``, Ray pitfalls). Returns True when this call
     started Ray.
     """
     if ray.is_initialized():
@@ -73,86 +75,65 @@ def state_from(ckpt: Checkpoint | None) -> dict[str, Any] | None:
     if ckpt is None:
         return None
     with ckpt.as_directory() as directory:
-        return load_checkpoint(Path(directory) / CHECKPOINT_NAME, map_location="cpu")
+        return state_in(directory)
 
 
-class RayTrainContext(LocalContext):
+class RayTrainContext:
     """Run context of a Ray Train worker: checkpoints and metrics go through ``ray.train``.
 
-    ``fault`` (tests only) is ``"<epoch>:<rank>:<marker file>"``: that rank's process kills
-    itself once, right after reporting that epoch, to exercise Ray Train's recovery.
+    Rank 0 also appends each epoch's metrics to the run's ``metrics.jsonl`` (in the run's
+    storage, local or not) for the driver's progress display and for humans.
     """
 
-    fault: str | None = None
+    progress = False
+
+    def __init__(self, run_dir: str, device: Any, after_report: ReportHook | None = None) -> None:
+        self.layout = RunLayout(run_dir)
+        self.device = device
+        self.after_report = after_report
+
+    @property
+    def is_main(self) -> bool:
+        return ray.train.get_context().get_world_rank() == 0
+
+    def where(self) -> RunLayout:
+        return self.layout
 
     def load_state(self) -> dict[str, Any] | None:
-        return state_from(ray.train.get_checkpoint())
+        ckpt = ray.train.get_checkpoint()
+        try:
+            return state_from(ckpt)
+        except JigcluError as exc:  # the newest checkpoint is unreadable: fall back to an older one
+            newest = f"{ckpt.path.rstrip('/')}/" if ckpt is not None else None
+            state = self.layout.load_latest(skip=next((f for _e, f in self.layout.checkpoints()
+                                                       if newest and f.startswith(newest)), None))
+            if state is None:
+                raise
+            warn(f"{exc}; resuming from the previous checkpoint instead")
+            return state
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
-        metrics = {k: _jsonable(v) for k, v in metrics.items()}
+        metrics = {k: jsonable(v) for k, v in metrics.items()}
         rank = ray.train.get_context().get_world_rank()
         if rank == 0 and state is not None:
-            with tempfile.TemporaryDirectory(prefix="jigclu-ckpt-") as tmp:
-                save_checkpoint(state, Path(tmp) / CHECKPOINT_NAME)
-                (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_epoch_{metrics.get('epoch', 0):05d}")
+            with checkpoint_dir(state, metrics) as directory:
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory),
+                                 checkpoint_dir_name=ray_checkpoint_name(int(metrics.get("epoch", 0))))
         else:
             ray.train.report(metrics)
-        if rank == 0 and _is_local(str(self.run_dir)):
-            # a local mirror of the metrics for the driver's progress display and for humans
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
-        if self.fault:
-            _maybe_inject_fault(self.fault, metrics.get("epoch"), rank)
-
-
-def _maybe_inject_fault(spec: str, epoch: Any, rank: int) -> None:
-    """Kill this worker process once (SIGKILL, like an OOM kill or a lost node); tests only."""
-    at_epoch, at_rank, marker = spec.split(":", 2)
-    if epoch == int(at_epoch) and rank == int(at_rank) and not os.path.exists(marker):
-        # Die during the next epoch, once the controller has collected this epoch's report (it
-        # polls workers every health-check interval), as a real crash mid-epoch would.
-        time.sleep(float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")) * 3)
-        Path(marker).write_text(str(time.time()))
-        os.kill(os.getpid(), 9)
+        if rank == 0:
+            self.layout.append_metrics(metrics)
+        if self.after_report is not None:
+            self.after_report(metrics, rank)
 
 
 def _train_fn(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: rebuild the config and run the task's loop."""
     import ray.train.torch as rtt
 
-    from jigclu.launch import trainer_for
-
     cfg = RunConfig.model_validate(loop_config["config"])
-    ctx = RayTrainContext(Path(loop_config["run_dir"].removeprefix("file://")), device=rtt.get_device(),
-                          resume=True, progress=False)
-    ctx.fault = loop_config.get("fault")
-    trainer_for(loop_config["task"])(cfg, ctx)
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def check_storage(storage: str) -> None:
-    """Fail in seconds, not after workers start, when the storage cannot be written."""
-    if _is_local(storage):
-        path = Path(storage.removeprefix("file://"))
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".jigclu-write-test-"):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"storage {storage} is not writable: {exc.strerror or exc}") from None
-        return
-    import pyarrow.fs as pafs
-
-    try:
-        fs, base = pafs.FileSystem.from_uri(storage)
-        fs.create_dir(base, recursive=True)
-    except Exception as exc:  # credentials, unknown scheme, missing bucket
-        raise ConfigError(f"storage {storage} is not usable: {str(exc).splitlines()[0]}") from None
+    ctx = RayTrainContext(loop_config["run_dir"], device=rtt.get_device(), after_report=loop_config.get("after_report"))
+    run_task(loop_config["task"], cfg, ctx)
 
 
 def check_resources(cfg: RunConfig, local_cluster: bool) -> None:
@@ -174,27 +155,39 @@ def check_resources(cfg: RunConfig, local_cluster: bool) -> None:
                               f"{total.get('GPU', 0):g} GPUs")
 
 
-def make_trainer(task: str, cfg: RunConfig, run_dir: str, storage: str,
-                 callbacks: list[Any] | None = None, fault: str | None = None) -> TorchTrainer:
-    """The TorchTrainer of one run (used by the CLI and by each sweep trial)."""
+def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | None = None,
+                 after_report: ReportHook | None = None) -> TorchTrainer:
+    """The TorchTrainer of run ``cfg.name`` under storage ``root`` (the CLI's and each sweep trial's)."""
     workers = cfg.scaling.workers
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         _train_fn,
-        train_loop_config={"task": task, "config": cfg.model_dump(mode="json"), "run_dir": run_dir,
-                           "fault": fault},
+        train_loop_config={"task": task, "config": cfg.model_dump(mode="json"),
+                           "run_dir": storage.join(root, cfg.name), "after_report": after_report},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.scaling.gpu,
                                      resources_per_worker=resources,
                                      elastic_resize_monitor_interval_s=float(
                                          os.environ.get("JIGCLU_ELASTIC_MONITOR_S", "10"))),
-        run_config=RayRunConfig(name=cfg.name, storage_path=storage,
+        run_config=RayRunConfig(name=cfg.name, **ray_storage(root),
                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                                 callbacks=callbacks or None),
     )
+
+
+def ray_storage(root: str) -> dict[str, Any]:
+    """``storage_path`` (and ``storage_filesystem`` for object stores) of a storage root for Ray.
+
+    A local root goes as an absolute path; an object-store URI goes as its pyarrow filesystem
+    and path, so ``?endpoint_override=...&scheme=http`` options (S3-compatible stores) reach Ray.
+    """
+    if storage.is_local(root):
+        return {"storage_path": storage.normalise(root)}
+    fs, path = storage.resolve(root)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -208,36 +201,29 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False,
-               progress: bool = True, address: str | None = None, fault: str | None = None) -> dict[str, Any]:
-    """Run ``task`` under Ray Train; same return value as :func:`jigclu.launch.launch`."""
-    from jigclu.launch import run_dir_for
-
-    run_dir_for(task, cfg)  # fills in the name
-    storage = cfg.storage or str(Path(cfg.output_dir).resolve())
-    check_storage(storage)
-    run_dir = f"{storage.rstrip('/')}/{cfg.name}"
-    local, created = None, False
-    if _is_local(storage):
-        local = Path(run_dir.removeprefix("file://"))
-        if any(local.glob("checkpoint_epoch_*")) and not resume:
-            raise ConfigError(f"run directory {local} already holds checkpoints; pass --resume to "
-                              f"continue it, or set name=<new name> for a new run")
-        created = not local.exists()
-        save_config(cfg, local / "config.yaml")
+               progress: bool = True, address: str | None = None,
+               after_report: ReportHook | None = None) -> dict[str, Any]:
+    """Run ``task`` under Ray Train; same return value as :func:`jigclu.launch.launch` (which
+    :func:`~jigclu.launch.prepare`\ s the config first)."""
+    cfg.name = run_name(task, cfg.name)
+    root = run_root(cfg)
+    layout = RunLayout.of(root, cfg.name)
+    storage.check_writable(root)
+    created = guard_new_run(layout, resume)
     init_ray(address, verbose)
     check_resources(cfg, local_cluster=not (address or os.environ.get("RAY_ADDRESS")))
-    trainer = make_trainer(task, cfg, run_dir, storage, fault=fault)
-    watcher = _MetricsWatcher(Path(run_dir), cfg, enabled=progress and cfg.train.progress and _is_local(run_dir),
-                              task=task)
-    try:
+    layout.save_config(cfg)  # only once every check has passed: a refused run leaves nothing
+    trainer = make_trainer(task, cfg, root, after_report=after_report)
+    watcher = _MetricsWatcher(layout, cfg, enabled=progress and cfg.train.progress, task=task)
+
+    def fit() -> Any:
         with watcher:
-            result = trainer.fit()
-    except KeyboardInterrupt:
-        raise
+            return trainer.fit()
+
+    try:
+        result = cleanup_failed(layout, created, fit)
     except Exception as exc:  # Ray wraps worker errors: surface a user error as one line
         cause = root_cause(exc)
-        if local is not None and created and not any(local.glob("checkpoint_epoch_*")):
-            shutil.rmtree(local, ignore_errors=True)
         if isinstance(cause, JigcluError):
             raise type(cause)(str(cause)) from None
         if isinstance(exc, ray.train.TrainingFailedError):
@@ -245,24 +231,23 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
                               f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from exc
         raise
     last = dict(result.metrics or {})
-    return {"epochs_run": watcher.epochs_seen, "last": last, "run_dir": run_dir,
+    return {"epochs_run": watcher.epochs_seen, "last": last, "run_dir": layout.root,
             "best_knn_top1": last.get("best_knn_top1"), "best_val_top1": last.get("best_val_top1"),
             "checkpoint": result.checkpoint.path if result.checkpoint else None}
 
 
 class _MetricsWatcher:
-    """Driver-side progress: tails the run's ``metrics.jsonl`` while the workers train."""
+    """Driver-side progress: follows the run's ``metrics.jsonl`` while the workers train."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, enabled: bool, task: str = "pretrain") -> None:
-        self.task = task
-        self.path = Path(str(run_dir).removeprefix("file://")) / "metrics.jsonl"
-        self.cfg, self.enabled = cfg, enabled
+    def __init__(self, layout: RunLayout, cfg: RunConfig, enabled: bool, task: str = "pretrain") -> None:
+        self.layout, self.cfg, self.enabled, self.task = layout, cfg, enabled, task
         self.epochs_seen = 0
+        self.interval = 1.0 if layout.local is not None else 5.0  # object stores: one GET per poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "_MetricsWatcher":
-        self._offset = self.path.stat().st_size if self.path.exists() else 0
+        self._seen = len(self.layout.read_metrics())
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -278,41 +263,20 @@ class _MetricsWatcher:
 
         console = Console() if self.enabled else None
         with (console.status(f"[bold]{self.cfg.name}[/]: starting {self.cfg.scaling.workers} Ray workers...")
-              if console else _nullcontext()) as status:
-            while not self._stop.wait(1.0):
+              if console else nullcontext()) as status:
+            while not self._stop.wait(self.interval):
                 self._poll(status, console)
 
     def _poll(self, status: Any, console: Any = None) -> None:
-        if not self.path.exists():
+        try:
+            records = self.layout.read_metrics()
+        except (JigcluError, ValueError):  # a line being written, a store briefly unreachable
             return
-        with open(self.path) as fh:
-            fh.seek(self._offset)
-            lines = fh.readlines()
-            self._offset = fh.tell()
-        for line in lines:
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        new, self._seen = records[self._seen:], max(self._seen, len(records))
+        for m in new:
             self.epochs_seen += 1
             if console is not None:
-                if "loss_clu" in m:
-                    from jigclu.trainers.pretrain import _epoch_line
-
-                    text = _epoch_line(m, self.cfg.train.epochs)
-                else:
-                    from jigclu.trainers.classify import epoch_line
-
-                    text = epoch_line(self.task, m, self.cfg.eval.epochs or 100)
-                console.print(f"[{m.get('world_size', '?')} workers] {text}")
+                console.print(f"[{m.get('world_size', '?')} workers] {epoch_line(self.task, m, self.cfg)}")
                 if status is not None:
-                    status.update(f"[bold]{self.cfg.name}[/]: epoch {m.get('epoch', 0) + 2}/"
-                                  f"{self.cfg.train.epochs} on {m.get('world_size', '?')} workers")
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+                    status.update(f"[bold]{self.cfg.name}[/]: epoch {m.get('epoch', 0) + 2} "
+                                  f"on {m.get('world_size', '?')} workers")

@@ -21,13 +21,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from jigclu.errors import JigcluError
+from jigclu.errors import ConfigError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-class StorageError(JigcluError):
-    """A storage location cannot be opened, read or written."""
+class StorageError(ConfigError):
+    """A storage location cannot be opened, read or written (a user's setting to fix)."""
 
 
 def is_uri(location: str | Path) -> bool:
@@ -200,8 +200,12 @@ def check_writable(location: str | Path) -> None:
         probe_dir = local
         while not probe_dir.exists() and probe_dir != probe_dir.parent:
             probe_dir = probe_dir.parent
-        if not os.access(probe_dir, os.W_OK):
-            raise StorageError(f"storage {location}: {probe_dir} is not writable")
+        try:  # a real write (os.access says yes to root everywhere, /proc included); removed at once
+            fd, probe = tempfile.mkstemp(prefix=".jigclu-write-test-", dir=probe_dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StorageError(f"storage {location} is not writable: {exc.strerror or exc}") from None
         return
     fs, path = resolve(location)
     bucket = path.split("/", 1)[0]

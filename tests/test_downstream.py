@@ -11,14 +11,15 @@ import torch
 import torchvision
 
 import jigclu.cli as cli
-from jigclu import cli_eval
 from jigclu.checkpoint import save_checkpoint
-from jigclu.export import find_checkpoint
 from jigclu.config import load_config
-from jigclu.context import LocalContext, SimulatedCrash, read_metrics
+from jigclu.context import LocalContext
+from jigclu.runs import find_checkpoint, read_metrics
+from faults import CrashingContext, SimulatedCrash
 from jigclu.data import load_dataset
 from jigclu.models import ResNetBackbone
-from jigclu.trainers.classify import PadCropFlip, resolve_eval
+from jigclu.trainers.classify_augment import PadCropFlip
+from jigclu.trainers.protocols import resolve_eval
 from jigclu.trainers.finetune import run_finetune
 from jigclu.trainers.knn import knn_predict, topk_accuracy
 from jigclu.trainers.linear import run_linear
@@ -29,19 +30,6 @@ DATA = ["data.dataset=digits", "data.image_size=32", "model.width=8", "jigsaw.cr
         "train.progress=false"]
 # a short downstream run: 2 epochs of 4 steps, scored on 120 test images
 SHORT = DATA + ["eval.epochs=2", "eval.batch_size=32", "train.steps_per_epoch=4", "eval.val_limit=120"]
-
-
-@pytest.fixture(autouse=True)
-def _eval_commands(monkeypatch):
-    """Make sure ``jigclu.cli`` knows the downstream commands (whether or not it lists cli_eval yet)."""
-    original = cli._register_optional
-
-    def register(sub):
-        original(sub)
-        if "linear" not in sub.choices:
-            cli_eval.add_cli(sub)
-
-    monkeypatch.setattr(cli, "_register_optional", register)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +48,7 @@ def cfg_for(tmp_path: Path, *extra: str):
 
 def load_checkpoint(path: Path) -> dict:
     """The checkpoint of a run directory (or a file)."""
-    return torch.load(find_checkpoint(path), weights_only=True)
+    return torch.load(find_checkpoint(str(path)), weights_only=True)
 
 
 def backbone_of(state: dict) -> dict[str, torch.Tensor]:
@@ -94,7 +82,7 @@ def test_linear_resumes_after_crash(tmp_path, pretrained):
     args = (f"eval.pretrained={pretrained}", "eval.epochs=3", "eval.lr=1.0")
     run_linear(cfg_for(tmp_path, *args), LocalContext(tmp_path / "straight", progress=False))
     with pytest.raises(SimulatedCrash):
-        run_linear(cfg_for(tmp_path, *args), LocalContext(tmp_path / "crashed", progress=False, stop_after_epoch=0))
+        run_linear(cfg_for(tmp_path, *args), CrashingContext(tmp_path / "crashed", progress=False, stop_after_epoch=0))
     summary = run_linear(cfg_for(tmp_path, *args), LocalContext(tmp_path / "crashed", resume=True, progress=False))
     assert summary["start_epoch"] == 1 and summary["epochs_run"] == 2
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "crashed")

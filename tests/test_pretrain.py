@@ -12,7 +12,10 @@ from PIL import Image
 from jigclu.checkpoint import load_checkpoint, save_checkpoint
 from jigclu.cli import main
 from jigclu.config import load_config
-from jigclu.context import LocalContext, SimulatedCrash, read_metrics
+from jigclu.errors import JigcluError
+from jigclu.context import LocalContext
+from jigclu.runs import RunLayout, read_metrics
+from faults import CrashingContext, SimulatedCrash
 from jigclu.trainers.pretrain import run_pretrain
 
 TINY = ["data.dataset=digits", "data.image_size=32", "data.batch_size=32", "data.limit=128",
@@ -57,13 +60,13 @@ def test_resume_after_crash_reaches_the_same_state(tmp_path):
 
     crashed = tmp_path / "crashed"
     with pytest.raises(SimulatedCrash):
-        run_pretrain(tiny_cfg(tmp_path), LocalContext(crashed, progress=False, stop_after_epoch=1))
-    assert load_checkpoint(crashed / "checkpoints" / "last.pt")["epoch"] == 1
+        run_pretrain(tiny_cfg(tmp_path), CrashingContext(crashed, progress=False, stop_after_epoch=1))
+    assert load_checkpoint(RunLayout(str(crashed)).latest_checkpoint())["epoch"] == 1
     summary = run_pretrain(tiny_cfg(tmp_path), LocalContext(crashed, resume=True, progress=False))
     assert summary["start_epoch"] == 2 and summary["epochs_run"] == 1
 
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(crashed / "checkpoints" / "last.pt")
+    a = load_checkpoint(RunLayout(str(straight)).latest_checkpoint())
+    b = load_checkpoint(RunLayout(str(crashed)).latest_checkpoint())
     assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
@@ -84,12 +87,12 @@ def test_atomic_checkpoint_keeps_previous_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 1}, path)
 
-    def broken_save(obj, fh):
-        fh.write(b"partial bytes")
-        raise OSError("disk full")
+    def broken_save(obj, file):
+        Path(file).write_bytes(b"partial bytes")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(JigcluError, match="No space left"):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
@@ -136,7 +139,7 @@ def test_corrupt_image_fails_or_is_skipped(tmp_path, capsys):
     assert not (tmp_path / "strict").exists()
     code, err = run_cli(capsys, *base, "name=lenient", "data.on_corrupt=skip")
     assert code == 0
-    assert (tmp_path / "lenient" / "checkpoints" / "last.pt").exists()
+    assert RunLayout(str(tmp_path / "lenient")).has_checkpoint()
 
 
 def test_nan_loss_stops_without_a_checkpoint(tmp_path, capsys):

@@ -14,7 +14,8 @@ import pytest
 
 from jigclu.checkpoint import load_checkpoint
 from jigclu.config import load_config
-from jigclu.context import read_metrics
+from jigclu.runs import STATE_FILE, read_metrics
+from faults import KillOnce
 from jigclu.errors import ConfigError
 
 pytestmark = pytest.mark.ray
@@ -33,7 +34,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
 
     marker = tmp_path / "killed"
     cfg = cfg_for(tmp_path, "name=fault", "train.epochs=4", "scaling.workers=2", "scaling.max_failures=2")
-    summary = launch_ray("pretrain", cfg, progress=False, fault=f"1:1:{marker}")
+    summary = launch_ray("pretrain", cfg, progress=False, after_report=KillOnce(1, 1, str(marker)))
     assert marker.exists(), "the fault was never injected"
     run = tmp_path / "fault"
     epochs = [m["epoch"] for m in read_metrics(run)]
@@ -45,7 +46,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
     ckpts = sorted(run.glob("checkpoint_epoch_*"))
     assert ckpts, "no checkpoint persisted"
     for ckpt in ckpts:  # every kept checkpoint loads
-        state = load_checkpoint(ckpt / "last.pt")
+        state = load_checkpoint(ckpt / STATE_FILE)
         assert state["world_size"] == 2 and state["task"] == "pretrain"
     kill_time = float(marker.read_text())
     resumed = next(m for m in read_metrics(run) if m["time"] > kill_time)

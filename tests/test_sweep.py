@@ -126,7 +126,9 @@ def test_asha_sweep_end_to_end_and_best_config_reruns(ray_local, tmp_path):
     code = main(["pretrain", "--no-progress", "--config", str(best / "config.yaml"),
                  f"output_dir={tmp_path / 'rerun'}", "name=best"])
     assert code == 0
-    assert (tmp_path / "rerun" / "best" / "checkpoints" / "last.pt").exists()
+    from jigclu.runs import RunLayout
+
+    assert RunLayout(str(tmp_path / "rerun" / "best")).has_checkpoint()
 
 
 @pytest.mark.ray
@@ -216,7 +218,7 @@ def test_downstream_linear_sweep_over_learning_rates(ray_local, tmp_path):
                  LocalContext(pre, progress=False))
     config = Path(__file__).parents[1] / "tune" / "configs" / "linear_lr.yaml"
     sweep = load_sweep(config, ["config.data.dataset=digits", "config.data.image_size=32", "config.data.limit=null",
-                                "config.model.width=8", f"config.eval.pretrained={pre}", "config.eval.epochs=2",
+                                f"config.eval.pretrained={pre}", "config.eval.epochs=2",
                                 "config.eval.val_limit=null", "config.train.steps_per_epoch=3",
                                 "num_samples=2", f"output_dir={tmp_path}", "name=lin"])
     summary = run_sweep(sweep, progress=False)

@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from jigclu.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from jigclu.config import save_config
-from jigclu.context import LocalContext, _jsonable, resolve_device
+from jigclu.config import RunConfig, build_config, save_config
+from jigclu.context import checkpoint_dir, resolve_device
 from jigclu.errors import ConfigError
-from jigclu.launch import trainer_for
+from jigclu.launch import prepare
 from jigclu.ray_train import init_ray, make_trainer, state_from  # also sets Ray's quiet env defaults
+from jigclu.runs import RunLayout, jsonable
+from jigclu.trainers import run_task
 from tune.space import Sweep
 
 # Tune's own console tables and headers: our live display replaces them (verbose=0, old engine)
@@ -46,20 +46,27 @@ from ray import tune  # noqa: E402
 from ray.tune import Checkpoint  # noqa: E402
 
 
-class TuneTrialContext(LocalContext):
+class TuneTrialContext:
     """Run context of an in-process trial: checkpoints and metrics go to Tune."""
+
+    is_main = True
+
+    def __init__(self, trial_dir: Path, device: Any) -> None:
+        self.layout, self.device, self.progress = RunLayout(str(trial_dir)), device, False
+
+    def where(self) -> RunLayout:
+        return self.layout
 
     def load_state(self) -> dict[str, Any] | None:
         return state_from(tune.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
-        metrics = {k: _jsonable(v) for k, v in metrics.items()}
+        metrics = {k: jsonable(v) for k, v in metrics.items()}
         if state is None:
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="jigclu-trial-") as tmp:
-            save_checkpoint(state, Path(tmp) / CHECKPOINT_NAME)
-            tune.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        with checkpoint_dir(state, metrics) as directory:
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(directory))
 
 
 def trial_uses_ray_train(sweep: Sweep, cfg: Any) -> bool:
@@ -83,18 +90,17 @@ def run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_dir: str
     cfg = sweep.trial_config(params)  # an invalid combination raises ConfigError: the trial errors
     cfg.name = f"{spec.name}-{trial_id}"
     cfg.monitor.every = 1  # the scheduler needs the metric at every report
+    cfg = prepare(spec.task, cfg)  # downstream trials adopt their checkpoint's model, as `jigclu linear` does
     save_config(cfg, trial_dir / "config.yaml")
     (trial_dir / "sampled.json").write_text(json.dumps(params, indent=1, sort_keys=True))
     if trial_uses_ray_train(sweep, cfg):
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        storage = str(Path(sweep_dir) / "train")
-        trainer = make_trainer(spec.task, cfg, f"{storage}/{cfg.name}", storage, callbacks=[TuneReportCallback()])
+        trainer = make_trainer(spec.task, cfg, str(Path(sweep_dir) / "train"), callbacks=[TuneReportCallback()])
         trainer.fit()
         return
     cfg.scaling.workers = 0
-    ctx = TuneTrialContext(trial_dir, device=resolve_device(cfg.device), resume=True, progress=False)
-    trainer_for(spec.task)(cfg, ctx)
+    run_task(spec.task, cfg, TuneTrialContext(trial_dir, device=resolve_device(cfg.device)))
 
 
 def sweep_dir_of(sweep: Sweep) -> Path:
@@ -140,22 +146,12 @@ def _trial_name(trial: Any) -> str:
 
 
 def _trainable(sweep: Sweep, sweep_dir: Path) -> Any:
-    uses_train = trial_uses_ray_train(sweep, _any_valid_config(sweep))
+    # the base config decides (a space over scaling.workers would only change the nested jobs)
+    uses_train = trial_uses_ray_train(sweep, build_config(RunConfig, sweep.base))
     fn = tune.with_parameters(run_trial, sweep_dict=sweep.to_dict(), sweep_dir=str(sweep_dir))
     # A trial that drives a Ray Train job needs almost nothing itself: its workers hold the CPUs.
     resources = {"cpu": 0.01} if uses_train else {"cpu": sweep.spec.resources.cpu, "gpu": sweep.spec.resources.gpu}
     return tune.with_resources(fn, resources)
-
-
-def _any_valid_config(sweep: Sweep) -> Any:
-    import itertools
-
-    for combo in itertools.product(*[p.corners() for p in sweep.params]):
-        try:
-            return sweep.trial_config(dict(zip([p.key for p in sweep.params], combo)))
-        except ConfigError:
-            continue
-    raise ConfigError("sweep: no valid combination")  # validate_sweep already rejects this
 
 
 def save_definition(sweep: Sweep, sweep_dir: Path) -> None:

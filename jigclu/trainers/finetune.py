@@ -1,4 +1,4 @@
-"""CIFAR-10/100-style small-image training (SPEC.md 2.3), one of two protocols
+"""CIFAR-10/100-style small-image training (the paper's supplementary section 3.3), one of two protocols
 (``eval.protocol``):
 
 * ``finetune`` (default): the whole network, lr 0.1, x0.2 at epochs 40, 60, 80, weight decay
@@ -16,13 +16,18 @@ from __future__ import annotations
 from typing import Any
 
 from jigclu.config import RunConfig
-from jigclu.context import LocalContext
-from jigclu.trainers.classify import run_classification
+from jigclu.context import RunContext
+from jigclu.trainers.classify import ClassifyTask
+from jigclu.trainers.loop import run
 
 
-def run_finetune(cfg: RunConfig, ctx: LocalContext) -> dict[str, Any]:
+class FinetuneTask(ClassifyTask):
+    name = "finetune"
+
+
+def run_finetune(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     """Fine-tune (or linearly evaluate) on small images; returns the run summary."""
-    return run_classification(cfg, ctx, "finetune")
+    return run(FinetuneTask(), cfg, ctx)
 
 
-__all__ = ["run_finetune"]
+__all__ = ["FinetuneTask", "run_finetune"]

@@ -9,6 +9,7 @@ what the sweeps optimise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -88,3 +89,28 @@ class KnnMonitor:
                              self.k, self.temperature)
         acc = topk_accuracy(scores, self.query_labels.to(device))
         return {"knn_top1": acc[1], "knn_top5": acc[5]}
+
+
+def knn_eval(cfg: Any, device: str | None = None) -> dict[str, float]:
+    """kNN top-1/top-5 of ``cfg``'s backbone (``eval.pretrained`` or random init) on its data:
+    bank from the train split, queries from the test split (``monitor.*`` limits)."""
+    from jigclu.context import resolve_device
+    from jigclu.data import load_dataset
+    from jigclu.export import load_backbone_weights, load_into
+    from jigclu.models import build_backbone
+    from jigclu.trainers.common import seed_everything
+
+    seed_everything(cfg.seed)
+    dev = torch.device(device) if device else resolve_device(cfg.device)
+    backbone = build_backbone(cfg.model.arch, cfg.model.width)
+    if cfg.eval.pretrained:
+        load_into(backbone, load_backbone_weights(cfg.eval.pretrained))
+    backbone.to(dev)
+    splits = [load_dataset(cfg.data.dataset, split, image_size=cfg.data.image_size, on_corrupt=cfg.data.on_corrupt)
+              for split in ("train", "test")]
+    monitor = KnnMonitor.from_datasets(*splits, cfg.eval.image_size or cfg.jigsaw.crop_size, cfg.monitor.k,
+                                       cfg.monitor.knn_temperature, cfg.monitor.train_limit,
+                                       cfg.monitor.test_limit, seed=cfg.seed)
+    result = monitor.evaluate(backbone, dev)
+    result.update(bank=float(len(monitor.bank_labels)), queries=float(len(monitor.query_labels)))
+    return result

@@ -1,4 +1,4 @@
-"""Linear evaluation (SPEC.md 2.1): a frozen backbone, BatchNorm statistics included, and a
+"""Linear evaluation (the paper's supplementary section 3.1): a frozen backbone, BatchNorm statistics included, and a
 fresh linear classifier trained on its pooled features.
 
 Defaults are the paper's: 100 epochs, batch 256, lr 30 (the reference README uses 10), x0.1
@@ -12,13 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from jigclu.config import RunConfig
-from jigclu.context import LocalContext
-from jigclu.trainers.classify import run_classification
+from jigclu.context import RunContext
+from jigclu.trainers.classify import ClassifyTask
+from jigclu.trainers.loop import run
 
 
-def run_linear(cfg: RunConfig, ctx: LocalContext) -> dict[str, Any]:
+class LinearTask(ClassifyTask):
+    name = "linear"
+
+
+def run_linear(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     """Train a linear classifier on frozen features; returns the run summary (best and last)."""
-    return run_classification(cfg, ctx, "linear")
+    return run(LinearTask(), cfg, ctx)
 
 
-__all__ = ["run_linear"]
+__all__ = ["LinearTask", "run_linear"]

@@ -1,7 +1,7 @@
 """JigClu pretraining: one loop that runs in a plain process or as a Ray Train worker.
 
-Per step (SPEC.md section 1): split -> per-patch augment (batched, on the training device)
--> one shared permutation -> stitch -> backbone -> decouple -> heads -> ``w_clu * SupClu +
+Per step (Chen, Liu and Jia, CVPR 2021, section 3; the README's "The method in one step"):
+split -> per-patch augment (batched, on the training device) -> one shared permutation -> stitch -> backbone -> decouple -> heads -> ``w_clu * SupClu +
 w_loc * CE``. With several workers and ``jigsaw.montage_scope: global`` the patches of all
 workers are gathered, every worker derives the same permutation from the step seed, stitches
 its slice of the montages, and the per-patch features are all-gathered with gradient, so each
@@ -10,26 +10,24 @@ worker's loss sees the whole global batch.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from jigclu import dist
 from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
-from jigclu.context import LocalContext
+from jigclu.context import RunContext
 from jigclu.data import ShardSampler, collate_uint8, load_dataset
-from jigclu.errors import ConfigError, DataError, TrainingError
+from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import jigsaw_labels, patch_layout, random_permutation, step_seed, stitch
 from jigclu.losses import JigCluLoss
 from jigclu.models import JigCluModel
-from jigclu.progress import TrainProgress
-from jigclu.trainers.common import SubsetDataset, cosine_lambda, seed_everything
+from jigclu.trainers.common import SubsetDataset, cosine_lambda
 from jigclu.trainers.knn import KnnMonitor
+from jigclu.trainers.loop import StepResult, Task, run, wrap_ddp
 
 _PATCH_SALT, _PERM_SALT = 1, 2
 
@@ -72,144 +70,112 @@ def jigclu_losses(model: torch.nn.Module, criterion: JigCluLoss, montages: Tenso
     return criterion(embeddings.float(), loc_logits.float(), label_clu, label_loc)
 
 
-def _unwrap(model: torch.nn.Module) -> JigCluModel:
-    return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
-
-
 def build_model(cfg: RunConfig) -> JigCluModel:
     return JigCluModel(cfg.model.arch, cfg.model.width, cfg.model.grid, cfg.model.proj_dim)
 
 
-def _check_resume_compatible(state: dict[str, Any], cfg: RunConfig) -> None:
-    saved = state.get("config", {})
-    for section in ("model", "jigsaw"):
-        before, now = saved.get(section), cfg.model_dump(mode="json")[section]
-        if before is not None and before != now:
-            diff = [k for k in now if before.get(k) != now[k]]
-            raise ConfigError(f"cannot resume: {section}.{diff[0]} differs from the checkpoint "
-                              f"({before.get(diff[0])!r} there, {now[diff[0]]!r} now)")
+class PretrainTask(Task):
+    """JigClu pretraining: per-step cosine schedule, kNN monitor on the main worker."""
+
+    name = "pretrain"
+    resume_keys = ("model", "jigsaw")
+    nan_hint = "try a lower optim.lr or a higher loss.temperature"
+
+    def setup(self, cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None) -> None:
+        self.cfg, self.device = cfg, ctx.device
+        world, rank = dist.world_size(), dist.rank()
+        self.global_batch = cfg.data.batch_size
+        # The global batch is fixed whatever the world size (elastic runs keep their lr); when it
+        # does not divide evenly each worker takes the floor and a few images per step are left out.
+        local_batch = self.global_batch // world
+        if local_batch < 2:
+            raise ConfigError(f"data.batch_size={self.global_batch} leaves fewer than 2 images per worker "
+                              f"on {world} workers")
+        train_ds = load_dataset(cfg.data.dataset, "train", image_size=cfg.data.image_size,
+                                on_corrupt=cfg.data.on_corrupt)
+        if cfg.data.limit is not None and cfg.data.limit < len(train_ds):
+            train_ds = SubsetDataset(train_ds, torch.arange(cfg.data.limit))
+        self.steps_per_epoch = len(train_ds) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{cfg.data.dataset} has {len(train_ds)} training images, fewer than "
+                            f"data.batch_size={self.global_batch}")
+        if cfg.train.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
+        self.epochs = cfg.train.epochs
+        self.sampler = ShardSampler(len(train_ds), num_replicas=world, rank=rank, seed=cfg.seed)
+        self.loader = DataLoader(train_ds, batch_size=local_batch, sampler=self.sampler, collate_fn=collate_uint8,
+                                 num_workers=cfg.data.num_workers, drop_last=True,
+                                 pin_memory=self.device.type == "cuda",
+                                 persistent_workers=cfg.data.num_workers > 0)
+        self.monitor = None
+        if cfg.monitor.knn and rank == 0:
+            test_ds = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
+                                   on_corrupt=cfg.data.on_corrupt)
+            self.monitor = KnnMonitor.from_datasets(train_ds, test_ds, cfg.jigsaw.crop_size, cfg.monitor.k,
+                                                    cfg.monitor.knn_temperature, cfg.monitor.train_limit,
+                                                    cfg.monitor.test_limit, seed=cfg.seed)
+
+        self.model = build_model(cfg).to(self.device)
+        self.model.gather_features = cfg.jigsaw.montage_scope == "global"
+        self.augment = PatchAugment(cfg.patch_size, enabled=cfg.jigsaw.augment).to(self.device)
+        self.criterion = JigCluLoss(cfg.loss.w_clu, cfg.loss.w_loc, cfg.loss.temperature)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.effective_lr(),
+                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+        total_steps = self.steps_per_epoch * self.epochs
+        warmup = int(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(total_steps, warmup))
+        self.best_knn = None
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.best_knn = state.get("best_knn")
+        self.trained = wrap_ddp(self.model, self.device)
+
+    def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)
+        self.trained.train()
+
+    def step(self, batch: Any, epoch: int, step: int) -> StepResult:
+        images = batch[0].to(self.device, non_blocking=True)
+        cfg = self.cfg
+        montages, perm, total = make_montages(images, self.augment, cfg.model.grid, cfg.jigsaw.cross_ratio,
+                                              step_seed(cfg.seed, epoch, step), cfg.jigsaw.montage_scope)
+        out = jigclu_losses(self.trained, self.criterion, montages, perm, total, cfg.train.amp)
+        stats = {key: out[key].item() for key in ("loss", "loss_clu", "loss_loc", "loc_acc")}
+        return out["loss"], stats, self.global_batch
+
+    def after_step(self) -> None:
+        self.scheduler.step()
+
+    def end_epoch(self, epoch: int, sums: dict[str, Any], seconds: float) -> dict[str, Any]:
+        metrics: dict[str, Any] = {k: sums.get(k, 0.0) / self.steps_per_epoch
+                                   for k in ("loss", "loss_clu", "loss_loc", "loc_acc")}
+        metrics["loc_acc"] *= 100.0
+        metrics.update(lr=self.scheduler.get_last_lr()[0],
+                       images_per_s=self.steps_per_epoch * self.global_batch / max(seconds, 1e-9))
+        every = self.cfg.monitor.every
+        if self.monitor is not None and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs):
+            metrics.update(self.monitor.evaluate(self.model.backbone, self.device))
+            self.best_knn = max(self.best_knn or 0.0, metrics["knn_top1"])
+        if self.best_knn is not None:
+            metrics["best_knn_top1"] = self.best_knn
+        return metrics
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"best_knn": self.best_knn}
+
+    def summary(self) -> dict[str, Any]:
+        return {"best_knn_top1": self.best_knn}
+
+    @classmethod
+    def epoch_line(cls, m: dict[str, Any], cfg: RunConfig) -> str:
+        knn = f"  knn top-1 [bold]{m['knn_top1']:.1f}%[/]" if m.get("knn_top1") is not None else ""
+        return (f"epoch {m['epoch'] + 1}/{cfg.train.epochs}  loss {m['loss']:.3f} (clu {m['loss_clu']:.3f}, "
+                f"loc {m['loss_loc']:.3f})  loc acc {m['loc_acc']:.1f}%{knn}  {m['images_per_s']:,.0f} img/s")
 
 
-def run_pretrain(cfg: RunConfig, ctx: LocalContext) -> dict[str, Any]:
+def run_pretrain(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     """Pretrain with JigClu; returns a summary (last metrics, best kNN, epochs run)."""
-    seed_everything(cfg.seed)
-    device = ctx.device
-    world, rank = dist.world_size(), dist.rank()
-    global_batch = cfg.data.batch_size
-    # The global batch is fixed whatever the world size (elastic runs keep their lr); when it
-    # does not divide evenly each worker takes the floor and a few images per step are left out.
-    local_batch = global_batch // world
-    if local_batch < 2:
-        raise ConfigError(f"data.batch_size={global_batch} leaves fewer than 2 images per worker "
-                          f"on {world} workers")
-
-    train_ds = load_dataset(cfg.data.dataset, "train", image_size=cfg.data.image_size,
-                            on_corrupt=cfg.data.on_corrupt)
-    if cfg.data.limit is not None and cfg.data.limit < len(train_ds):
-        train_ds = _limit(train_ds, cfg.data.limit)
-    steps_per_epoch = len(train_ds) // global_batch
-    if steps_per_epoch == 0:
-        raise DataError(f"{cfg.data.dataset} has {len(train_ds)} training images, fewer than "
-                        f"data.batch_size={global_batch}")
-    if cfg.train.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
-    sampler = ShardSampler(len(train_ds), num_replicas=world, rank=rank, seed=cfg.seed)
-    loader = DataLoader(train_ds, batch_size=local_batch, sampler=sampler, collate_fn=collate_uint8,
-                        num_workers=cfg.data.num_workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
-
-    monitor = None
-    if cfg.monitor.knn and rank == 0:
-        test_ds = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
-                               on_corrupt=cfg.data.on_corrupt)
-        monitor = KnnMonitor.from_datasets(train_ds, test_ds, cfg.jigsaw.crop_size, cfg.monitor.k,
-                                           cfg.monitor.knn_temperature, cfg.monitor.train_limit,
-                                           cfg.monitor.test_limit, seed=cfg.seed)
-
-    model: torch.nn.Module = build_model(cfg).to(device)
-    _unwrap(model).gather_features = cfg.jigsaw.montage_scope == "global"
-    augment = PatchAugment(cfg.patch_size, enabled=cfg.jigsaw.augment).to(device)
-    criterion = JigCluLoss(cfg.loss.w_clu, cfg.loss.w_loc, cfg.loss.temperature)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.effective_lr(), momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(total_steps, warmup))
-
-    start_epoch, global_step, best_knn = 0, 0, None
-    state = ctx.load_state()
-    if state is not None:
-        _check_resume_compatible(state, cfg)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        best_knn = state.get("best_knn")
-    if dist.is_distributed():
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    summary: dict[str, Any] = {"epochs_run": 0, "start_epoch": start_epoch}
-    last: dict[str, Any] = {}
-    with TrainProgress(total_steps, "pretrain", enabled=ctx.progress and ctx.is_main,
-                       completed=start_epoch * steps_per_epoch) as bar:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            sampler.set_epoch(epoch)
-            model.train()
-            sums = {"loss": 0.0, "loss_clu": 0.0, "loss_loc": 0.0, "loc_acc": 0.0}
-            t0 = time.perf_counter()
-            for step, (images, _labels) in zip(range(steps_per_epoch), loader):
-                images = images.to(device, non_blocking=True)
-                seed = step_seed(cfg.seed, epoch, step)
-                montages, perm, total = make_montages(images, augment, cfg.model.grid,
-                                                      cfg.jigsaw.cross_ratio, seed, cfg.jigsaw.montage_scope)
-                out = jigclu_losses(model, criterion, montages, perm, total, cfg.train.amp)
-                if not torch.isfinite(out["loss"]):
-                    raise TrainingError(f"loss became {out['loss'].item()} at epoch {epoch} step {step}; "
-                                        f"try a lower optim.lr or a higher loss.temperature "
-                                        f"(no checkpoint written for this epoch)")
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                optimizer.step()
-                scheduler.step()
-                global_step += 1
-                for key in sums:
-                    sums[key] += out[key].item()
-                bar.advance(images=global_batch, description=f"pretrain {epoch + 1}/{cfg.train.epochs}",
-                            loss=out["loss"].item())
-            elapsed = time.perf_counter() - t0
-            metrics: dict[str, Any] = {k: v / steps_per_epoch for k, v in sums.items()}
-            metrics["loc_acc"] *= 100.0
-            metrics.update(epoch=epoch, step=global_step, lr=scheduler.get_last_lr()[0],
-                           images_per_s=steps_per_epoch * global_batch / elapsed, epoch_time_s=elapsed,
-                           world_size=world, time=time.time())
-            if monitor is not None and ((epoch + 1) % cfg.monitor.every == 0 or epoch + 1 == cfg.train.epochs):
-                metrics.update(monitor.evaluate(_unwrap(model).backbone, device))
-                best_knn = max(best_knn or 0.0, metrics["knn_top1"])
-            if best_knn is not None:
-                metrics["best_knn_top1"] = best_knn
-            bar.log(_epoch_line(metrics, cfg.train.epochs))
-            ckpt = {
-                "task": "pretrain", "model": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "global_step": global_step, "best_knn": best_knn,
-                "config": cfg.model_dump(mode="json"), "world_size": world,
-            }
-            ctx.report(metrics, ckpt)
-            summary["epochs_run"] += 1
-            last = metrics
-    summary.update(last=last, best_knn_top1=best_knn)
-    return summary
+    return run(PretrainTask(), cfg, ctx)
 
 
-def _epoch_line(m: dict[str, Any], epochs: int) -> str:
-    knn = f"  knn top-1 [bold]{m['knn_top1']:.1f}%[/]" if "knn_top1" in m else ""
-    return (f"epoch {m['epoch'] + 1}/{epochs}  loss {m['loss']:.3f} (clu {m['loss_clu']:.3f}, "
-            f"loc {m['loss_loc']:.3f})  loc acc {m['loc_acc']:.1f}%{knn}  {m['images_per_s']:,.0f} img/s")
-
-
-def _limit(ds, limit: int):
-    """The first ``limit`` images of ``ds`` as a dataset with the same attributes."""
-    return SubsetDataset(ds, torch.arange(limit))
-
-
-__all__ = ["run_pretrain", "make_montages", "jigclu_losses", "build_model"]
+__all__ = ["PretrainTask", "run_pretrain", "make_montages", "jigclu_losses", "build_model"]

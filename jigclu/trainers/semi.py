@@ -1,4 +1,4 @@
-"""Semi-supervised fine-tuning on 1% or 10% of the labels (SPEC.md 2.2).
+"""Semi-supervised fine-tuning on 1% or 10% of the labels (the paper's supplementary section 3.2).
 
 The whole network trains, with **two learning rates that hold for the whole run**: the
 backbone's and the classifier's are separate optimizer parameter groups and one MultiStepLR
@@ -23,20 +23,37 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jigclu import storage
 from jigclu.config import RunConfig, label_fraction
-from jigclu.context import LocalContext
+from jigclu.context import RunContext
 from jigclu.data import balanced_subset_indices
 from jigclu.data.images import ImageDataset
 from jigclu.errors import ConfigError
-from jigclu.trainers.classify import Datasets, run_classification
+from jigclu.trainers.classify import ClassifyTask
+from jigclu.trainers.loop import run
 
 SUBSET_FILE = "labels_subset.txt"
 _AMBIGUOUS = -1
 
 
-def run_semi(cfg: RunConfig, ctx: LocalContext) -> dict[str, Any]:
+class SemiTask(ClassifyTask):
+    """The whole network on a labeled subset; the subset is saved beside the checkpoints."""
+
+    name = "semi"
+
+    def select(self, cfg: RunConfig, train: ImageDataset, state: dict[str, Any] | None) -> tuple[Tensor, str]:
+        return select_labels(cfg, train, state)
+
+    def on_start(self, ctx: RunContext) -> None:
+        super().on_start(ctx)
+        layout = ctx.where()
+        if layout is not None and self.data.subset is not None:
+            storage.write_atomic(layout.file(SUBSET_FILE), subset_text(self.cfg, self.data.note, self.data.subset))
+
+
+def run_semi(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     """Fine-tune the whole network on a labeled subset; returns the run summary."""
-    return run_classification(cfg, ctx, "semi", select=select_labels, on_start=save_subset)
+    return run(SemiTask(), cfg, ctx)
 
 
 def select_labels(cfg: RunConfig, train: ImageDataset, state: dict[str, Any] | None) -> tuple[Tensor, str]:
@@ -112,19 +129,13 @@ def _name_index(train: ImageDataset) -> dict[str, int]:
     return index
 
 
-def save_subset(cfg: RunConfig, data: Datasets, run_dir: Path | None) -> None:
-    """Write ``labels_subset.txt`` (indices, one per line) into a local run directory."""
-    if run_dir is None or data.subset is None:
-        return
-    header = (f"# jigclu semi labels: {data.note}\n"
+def subset_text(cfg: RunConfig, note: str, subset: Tensor) -> str:
+    """``labels_subset.txt``: indices, one per line, readable back as a labels file."""
+    header = (f"# jigclu semi labels: {note}\n"
               f"# indices into the {cfg.data.dataset} train split"
               f"{f' (first {cfg.data.limit} images)' if cfg.data.limit else ''}; "
               f"pass this file as --labels to train on the same subset\n")
-    body = "\n".join(str(int(i)) for i in data.subset.tolist())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{SUBSET_FILE}.tmp"
-    tmp.write_text(header + body + "\n")
-    tmp.replace(run_dir / SUBSET_FILE)
+    return header + "\n".join(str(int(i)) for i in subset.tolist()) + "\n"
 
 
-__all__ = ["run_semi", "select_labels", "read_label_file", "SUBSET_FILE"]
+__all__ = ["SemiTask", "run_semi", "select_labels", "read_label_file", "SUBSET_FILE"]

@@ -1,0 +1,219 @@
+"""The run layout: where a run keeps its config, metrics and checkpoints, on any storage.
+
+Every module asks this one instead of building paths itself. A run directory (a local path,
+``file://``, ``s3://`` or ``gs://`` URI; all read and written through :mod:`jigclu.storage`)
+holds::
+
+    config.yaml                     the resolved config (re-run it with ``--config``)
+    metrics.jsonl                   one JSON line per epoch
+    checkpoints/epoch_00004.pt      a plain-process run's checkpoints, the newest ``keep`` kept
+    checkpoint_epoch_00004/state.pt a Ray Train run's checkpoints (Ray keeps the newest ``keep``)
+    labels_subset.txt               semi-supervised runs: the labeled subset
+
+Checkpoints are written atomically; when the newest one cannot be read (a disk that filled
+up, a truncated upload) :meth:`RunLayout.load_latest` warns and falls back to the previous
+one, so a run loses at most one more epoch instead of everything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from jigclu import storage
+from jigclu.checkpoint import load_checkpoint, save_checkpoint
+from jigclu.config import save_config
+from jigclu.errors import ConfigError, JigcluError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.pt"  # the state inside a Ray Train / Tune checkpoint directory
+_LOCAL_CKPT = re.compile(r"^epoch_(\d+)\.pt$")
+_RAY_CKPT = re.compile(r"^checkpoint_epoch_(\d+)$")
+
+
+def run_name(task: str, name: str | None) -> str:
+    """``name``, checked to be a plain name; a run without one gets ``<task>-<timestamp>``."""
+    if name is None:
+        return f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name in (".", ".."):
+        raise ConfigError(f"name={name!r} must be a plain name, not a path")
+    return name
+
+
+def run_root(cfg: Any) -> str:
+    """The storage root a run writes under: ``storage``, else ``output_dir`` (made absolute)."""
+    return storage.normalise(cfg.storage or cfg.output_dir)
+
+
+def ray_checkpoint_name(epoch: int) -> str:
+    """The directory name Ray Train gives the checkpoint of ``epoch`` inside a run directory."""
+    return f"checkpoint_epoch_{epoch:05d}"
+
+
+def jsonable(value: Any) -> Any:
+    """A metric value as JSON holds it (tensors as numbers, NaN/inf as null)."""
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (never a traceback)."""
+    print(f"jigclu: warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class RunLayout:
+    """The files of one run, rooted at ``root`` (a path or a storage URI)."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        self.root = storage.normalise(self.root)
+
+    @classmethod
+    def of(cls, base: str, name: str) -> "RunLayout":
+        return cls(storage.join(base, name))
+
+    def file(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    @property
+    def config(self) -> str:
+        return self.file(CONFIG_FILE)
+
+    @property
+    def metrics(self) -> str:
+        return self.file(METRICS_FILE)
+
+    @property
+    def local(self):  # -> Path | None
+        """The run directory on this machine's disk (None on an object store)."""
+        return storage.local_path(self.root)
+
+    def exists(self) -> bool:
+        return storage.exists(self.root)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint_file(self, epoch: int) -> str:
+        return storage.join(self.root, CHECKPOINT_DIR, f"epoch_{epoch:05d}.pt")
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """``(epoch, file)`` of every checkpoint of either layout, newest first."""
+        found = []
+        for name in storage.list_dir(storage.join(self.root, CHECKPOINT_DIR)):
+            if m := _LOCAL_CKPT.match(name):
+                found.append((int(m.group(1)), storage.join(self.root, CHECKPOINT_DIR, name)))
+        for name in storage.list_dir(self.root):
+            if m := _RAY_CKPT.match(name):
+                found.append((int(m.group(1)), storage.join(self.root, name, STATE_FILE)))
+        return sorted(found, reverse=True)
+
+    def has_checkpoint(self) -> bool:
+        return bool(self.checkpoints())
+
+    def latest_checkpoint(self) -> str:
+        """The newest checkpoint file; a one-line error naming where it looked when there is none."""
+        found = self.checkpoints()
+        if not found:
+            raise JigcluError(f"no checkpoint in {self.root} (looked for {CHECKPOINT_DIR}/epoch_*.pt and "
+                              f"checkpoint_epoch_*/{STATE_FILE})")
+        return found[0][1]
+
+    def save_checkpoint(self, state: dict[str, Any], keep: int = 2) -> str:
+        """Write ``state`` as the checkpoint of ``state['epoch']``; keep only the newest ``keep``."""
+        path = save_checkpoint(state, self.checkpoint_file(int(state["epoch"])))
+        for _epoch, old in self.checkpoints()[max(1, keep):]:
+            if _LOCAL_CKPT.match(old.rsplit("/", 1)[-1]):
+                storage.delete(old)
+        return path
+
+    def load_latest(self, skip: str | None = None) -> dict[str, Any] | None:
+        """The newest readable checkpoint's state (None when there is none).
+
+        An unreadable newest checkpoint is skipped with a warning and the previous one is
+        used; only when every retained checkpoint is unreadable is that an error.
+        """
+        found = [f for _e, f in self.checkpoints() if f != skip]
+        errors = []
+        for file in found:
+            try:
+                state = load_checkpoint(file)
+            except JigcluError as exc:
+                errors.append(str(exc))
+                continue
+            if errors:
+                warn(f"{errors[-1]}; resuming from the previous checkpoint {file} instead")
+            return state
+        if errors:
+            raise JigcluError(f"every checkpoint of {self.root} is unreadable ({errors[0]})")
+        return None
+
+    # ---- config and metrics ------------------------------------------------------------------
+
+    def save_config(self, cfg: Any) -> None:
+        save_config(cfg, self.config)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        storage.append_line(self.metrics, json.dumps({k: jsonable(v) for k, v in record.items()}))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All metric records of the run, in order (empty before the first epoch)."""
+        if not storage.is_file(self.metrics):
+            return []
+        return [json.loads(line) for line in storage.read_text(self.metrics).splitlines() if line.strip()]
+
+    def remove(self) -> None:
+        storage.delete(self.root)
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """All metric records of the run at ``run_dir`` (a path or URI), in order."""
+    return RunLayout(str(run_dir)).read_metrics()
+
+
+def find_checkpoint(location: str) -> str:
+    """The checkpoint file a user means by ``location``: a file, or a run directory of either
+    layout (its newest checkpoint)."""
+    if storage.is_file(location):
+        return storage.normalise(location)
+    if not storage.exists(location):
+        raise JigcluError(f"checkpoint not found: {location}")
+    return RunLayout(location).latest_checkpoint()
+
+
+def guard_new_run(layout: RunLayout, resume: bool) -> bool:
+    """Refuse to overwrite a run that holds checkpoints unless resuming; True when the run
+    directory does not exist yet (so a run that fails before its first checkpoint can remove it)."""
+    if not resume and layout.has_checkpoint():
+        raise ConfigError(f"run directory {layout.root} already holds a checkpoint; pass --resume to "
+                          f"continue it, or set name=<new name> for a new run")
+    return not layout.exists()
+
+
+def cleanup_failed(layout: RunLayout, created: bool, run: Callable[[], Any]) -> Any:
+    """Run ``run()``; a run that fails before its first checkpoint leaves no directory behind."""
+    try:
+        return run()
+    except BaseException:
+        if created:
+            try:
+                if not layout.has_checkpoint():
+                    layout.remove()
+            except JigcluError:
+                pass
+        raise
+
+
+__all__ = ["RunLayout", "run_name", "run_root", "ray_checkpoint_name", "read_metrics", "find_checkpoint", "guard_new_run",
+           "cleanup_failed", "jsonable", "warn", "CONFIG_FILE", "METRICS_FILE", "STATE_FILE"]
