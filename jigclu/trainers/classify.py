@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from jigclu import dist
 from jigclu.config import RunConfig
 from jigclu.context import RunContext
-from jigclu.data import ShardSampler, collate_uint8, load_dataset
+from jigclu.data import collate_uint8, load_dataset, make_loader
 from jigclu.data.images import ImageDataset
 from jigclu.errors import ConfigError, DataError
 from jigclu.export import load_backbone_weights, load_into
@@ -174,10 +174,9 @@ class ClassifyTask(Task):
         # DDP wraps only what trains: the head alone when the backbone is frozen
         self.trained = wrap_ddp(self.model.classifier if self.frozen else self.model, device)
         self.augment = build_augment(proto.augment, ev.image_size, ev.crop_scale).to(device)
-        self.sampler = ShardSampler(len(data.train), num_replicas=world, rank=rank, seed=cfg.seed, drop_last=False)
-        self.loader = DataLoader(data.train, batch_size=ev.batch_size // world, sampler=self.sampler,
-                                 collate_fn=collate_uint8, num_workers=cfg.data.num_workers,
-                                 pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
+        self.loader, self.sampler = make_loader(data.train, ev.batch_size // world, num_replicas=world, rank=rank,
+                                                seed=cfg.seed, drop_last=False, num_workers=cfg.data.num_workers,
+                                                pin_memory=device.type == "cuda")
 
     def on_start(self, ctx: RunContext) -> None:
         layout = ctx.where()

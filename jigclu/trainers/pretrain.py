@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from jigclu import dist
 from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
 from jigclu.context import RunContext
-from jigclu.data import ShardSampler, collate_uint8, load_dataset
+from jigclu.data import load_dataset, make_loader
 from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import jigsaw_labels, patch_layout, random_permutation, step_seed, stitch
 from jigclu.losses import JigCluLoss
@@ -102,11 +101,9 @@ class PretrainTask(Task):
         if cfg.train.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
         self.epochs = cfg.train.epochs
-        self.sampler = ShardSampler(len(train_ds), num_replicas=world, rank=rank, seed=cfg.seed)
-        self.loader = DataLoader(train_ds, batch_size=local_batch, sampler=self.sampler, collate_fn=collate_uint8,
-                                 num_workers=cfg.data.num_workers, drop_last=True,
-                                 pin_memory=self.device.type == "cuda",
-                                 persistent_workers=cfg.data.num_workers > 0)
+        self.loader, self.sampler = make_loader(train_ds, local_batch, num_replicas=world, rank=rank, seed=cfg.seed,
+                                                num_workers=cfg.data.num_workers,
+                                                pin_memory=self.device.type == "cuda")
         self.monitor = None
         if cfg.monitor.knn and rank == 0:
             test_ds = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
