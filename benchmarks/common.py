@@ -29,6 +29,10 @@ from typing import Any, Iterator
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout without install
+    sys.path.insert(0, str(REPO_ROOT))
+
+from jigclu.storage import write_atomic  # noqa: E402
 RESULTS = BENCH_DIR / "RESULTS.md"
 
 # Preferred order of sections in RESULTS.md; sections not listed (someone else's) keep their
@@ -42,9 +46,6 @@ Written by `make bench` (`benchmarks/run_all.py`); each `## Section` comes from 
 of per-round ratios of contenders timed interleaved in one process, so they hold on a busy
 machine; absolute times are for orientation only.
 """
-
-if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout without install
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,10 +302,7 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         old = path.read_text() if path.exists() else ""
-        new = replace_section(old, title, body)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(new)
-        tmp.replace(path)
+        write_atomic(path, replace_section(old, title, body))
 
 
 def scrub(text: str) -> str:

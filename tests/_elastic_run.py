@@ -14,7 +14,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from jigclu.config import load_config
-from jigclu.context import read_metrics
+from jigclu.runs import read_metrics
 from jigclu.ray_train import launch_ray
 
 out = Path(sys.argv[1])

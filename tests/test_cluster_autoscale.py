@@ -78,7 +78,7 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     import ray
     from jigclu.config import load_config
-    from jigclu.context import read_metrics
+    from jigclu.runs import read_metrics
     from jigclu.ray_train import launch_ray
 
     address, out = sys.argv[1], Path(sys.argv[2])

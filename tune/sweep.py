@@ -33,6 +33,7 @@ from jigclu.errors import ConfigError
 from jigclu.launch import prepare
 from jigclu.ray_train import init_ray, make_trainer, state_from  # also sets Ray's quiet env defaults
 from jigclu.runs import RunLayout, jsonable
+from jigclu.storage import write_atomic
 from jigclu.trainers import run_task
 from tune.space import Sweep
 
@@ -164,10 +165,7 @@ def save_definition(sweep: Sweep, sweep_dir: Path) -> None:
             if old.get(key) != new.get(key):
                 raise ConfigError(f"sweep '{sweep.spec.name}' already exists in {sweep_dir} with a different "
                                   f"'{key}'; choose another name=... or delete that directory")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(new, sort_keys=False))
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(new, sort_keys=False))
 
 
 def set_aside_torn_state(sweep_dir: Path) -> list[str]:
