@@ -99,6 +99,19 @@ def is_file(location: str | Path) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+def is_dir(location: str | Path) -> bool:
+    """A directory (on an object store: a prefix that holds objects)."""
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def mtime(location: str | Path) -> float | None:
+    """When ``location`` was last written (unix seconds); None when it does not exist."""
+    fs, path = resolve(location)
+    info = fs.get_file_info(path)
+    return None if info.type == pafs.FileType.NotFound or info.mtime_ns is None else info.mtime_ns / 1e9
+
+
 def read_bytes(location: str | Path) -> bytes:
     fs, path = resolve(location)
     try:
@@ -242,5 +255,5 @@ def _first_line(exc: BaseException) -> str:
 
 
 __all__ = ["StorageError", "is_uri", "is_local", "local_path", "normalise", "join", "resolve", "display",
-           "exists", "is_file", "read_bytes", "read_text", "write_atomic", "write_atomic_with", "append_line",
-           "list_dir", "delete", "check_writable"]
+           "exists", "is_file", "is_dir", "mtime", "read_bytes", "read_text", "write_atomic", "write_atomic_with",
+           "append_line", "list_dir", "delete", "check_writable"]

@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 
 from tune import report as rep
-from tune.results import error_reason, load_sweep_dir
+from tune.report import error_reason, load_sweep_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|9[0-7]|38;[25])[;m]")

@@ -19,13 +19,15 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from tune.report.trial import trial_status
+
 
 class SweepProgress(Callback):
     """Counts trials by status, tracks the best value so far, and draws it live."""
 
     def __init__(self, sweep: Any, enabled: bool = True) -> None:
         self.name, self.metric, self.mode = sweep.spec.name, sweep.metric, sweep.spec.mode
-        self.total, self.max_t = sweep.spec.num_samples, sweep.spec.scheduler.max_t or sweep.epochs
+        self.total, self.max_t = sweep.spec.num_samples, sweep.max_t
         self.enabled = enabled
         self.status: dict[str, str] = {}
         self.iterations: dict[str, int] = {}
@@ -72,12 +74,14 @@ class SweepProgress(Callback):
         self._redraw()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        done = self.iterations.get(trial.trial_id, 0)
-        self.status[trial.trial_id] = "finished" if done >= self.max_t else "stopped"
-        self._redraw()
+        self._ended(trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.status[trial.trial_id] = "errored"
+        self._ended(trial, "ERROR")
+
+    def _ended(self, trial: Any, ray_status: str) -> None:
+        epochs = self.iterations.get(trial.trial_id, 0)
+        self.status[trial.trial_id] = trial_status(epochs, self.max_t, ray_status=ray_status)
         self._redraw()
 
     # --- display -----------------------------------------------------------------------------

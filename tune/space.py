@@ -167,6 +167,11 @@ class Sweep:
         return int(build_config(RunConfig, self.base).train.epochs) if self.spec.task == "pretrain" \
             else int(self.trial_config({}).eval.epochs or 100)
 
+    @property
+    def max_t(self) -> int:
+        """Epochs a trial runs when nothing stops it: the scheduler's ``max_t``, else the trainer's epochs."""
+        return self.spec.scheduler.max_t or self.epochs
+
     def trial_config(self, sampled: dict[str, Any]) -> RunConfig:
         """The full trainer config of one trial (raises ConfigError for invalid combinations)."""
         return build_config(RunConfig, deep_merge(self.base, unflatten(sampled)))

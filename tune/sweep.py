@@ -35,6 +35,7 @@ from jigclu.ray_train import init_ray, make_trainer, state_from  # also sets Ray
 from jigclu.runs import RunLayout, jsonable
 from jigclu.storage import write_atomic
 from jigclu.trainers import run_task
+from tune.report.trial import trial_status
 from tune.space import Sweep
 
 # Tune's own console tables and headers: our live display replaces them (verbose=0, old engine)
@@ -125,7 +126,7 @@ def build_tuner(sweep: Sweep, sweep_dir: Path, callbacks: list[Any]) -> tune.Tun
                             study_name=spec.name, storage=_optuna_storage(sweep_dir))
     limited = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     if spec.scheduler.type == "asha":
-        max_t = spec.scheduler.max_t or sweep.epochs
+        max_t = sweep.max_t
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                   grace_period=min(spec.scheduler.grace_period, max_t),  # short runs
                                   reduction_factor=spec.scheduler.reduction_factor)
@@ -233,15 +234,11 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
 
 def status_counts(grid: Any, sweep: Sweep) -> dict[str, int]:
     """Trials by outcome: finished (ran every epoch), stopped early (by the scheduler), errored."""
-    max_t = sweep.spec.scheduler.max_t or sweep.epochs
+    max_t = sweep.max_t
     counts = {"finished": 0, "stopped": 0, "errored": 0}
-    for result in grid:
-        if result.error is not None:
-            counts["errored"] += 1
-        elif (result.metrics or {}).get("training_iteration", 0) >= max_t:
-            counts["finished"] += 1
-        else:
-            counts["stopped"] += 1
+    for result in grid:  # Ray ended each trial: with an error, or terminated (done, stopped, out of time)
+        epochs = (result.metrics or {}).get("training_iteration", 0)
+        counts[trial_status(epochs, max_t, ray_status="ERROR" if result.error is not None else "TERMINATED")] += 1
     return counts
 
 
