@@ -206,6 +206,21 @@ def delete(location: str | Path) -> None:
         fs.delete_file(path)
 
 
+def move(source: str | Path, target: str | Path) -> None:
+    """Rename a file or directory within one storage (an object store copies, then deletes)."""
+    fs, src = resolve(source)
+    _fs, dst = resolve(target)
+    try:
+        fs.move(src, dst)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot move {source} to {target}: {_first_line(exc)}") from None
+
+
+def download(source: str | Path, target: Path) -> None:
+    """Copy a stored file to a local path (atomically)."""
+    _write_local(Path(target), read_bytes(source))
+
+
 def check_writable(location: str | Path) -> None:
     """Fail in seconds, before anything starts, when ``location`` cannot be written."""
     local = local_path(location)
@@ -256,4 +271,4 @@ def _first_line(exc: BaseException) -> str:
 
 __all__ = ["StorageError", "is_uri", "is_local", "local_path", "normalise", "join", "resolve", "display",
            "exists", "is_file", "is_dir", "mtime", "read_bytes", "read_text", "write_atomic", "write_atomic_with",
-           "append_line", "list_dir", "delete", "check_writable"]
+           "append_line", "list_dir", "delete", "move", "download", "check_writable"]
