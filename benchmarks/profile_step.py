@@ -26,7 +26,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-import jigclu.augment as augment_module  # noqa: E402
+import jigclu.augment.color as color_module  # noqa: E402
+import jigclu.augment.patch as patch_module  # noqa: E402
 from jigclu.augment import PatchAugment  # noqa: E402
 from jigclu.config import RunConfig  # noqa: E402
 from jigclu.jigsaw import patch_layout  # noqa: E402
@@ -69,26 +70,26 @@ def profile_step(arch: str, width: int, crop: int, grid: int, batch: int) -> tup
     return prof, phases
 
 
-# The stages of PatchAugment.forward, labelled for the profile by wrapping the module-level
-# functions it calls (looked up at call time) in record_function; restored afterwards.
+# The stages of PatchAugment.forward, labelled for the profile by wrapping the functions it
+# calls in record_function, in the module that looks each up at call time; restored afterwards.
 AUGMENT_STAGES = {
-    "_as_float_rgb": "uint8 -> float",
-    "crop_grid": "crop grid",
-    "resample_patches": "resample (grid_sample)",
-    "adjust_brightness_": "brightness",
-    "adjust_contrast_": "contrast",
-    "adjust_saturation_": "saturation",
-    "adjust_hue_": "hue",
-    "grayscale_": "grayscale",
-    "gaussian_blur": "blur",
-    "normalize_": "normalise",
-    "sample_params": "sample parameters",
+    "_as_float_rgb": (patch_module, "uint8 -> float"),
+    "crop_grid": (patch_module, "crop grid"),
+    "resample_patches": (patch_module, "resample (grid_sample)"),
+    "adjust_brightness_": (color_module, "brightness"),
+    "adjust_contrast_": (color_module, "contrast"),
+    "adjust_saturation_": (color_module, "saturation"),
+    "adjust_hue_": (color_module, "hue"),
+    "grayscale_": (patch_module, "grayscale"),
+    "gaussian_blur": (patch_module, "blur"),
+    "normalize_": (patch_module, "normalise"),
+    "sample_params": (patch_module, "sample parameters"),
 }
 
 
 @contextmanager
 def labelled_stages() -> Iterator[None]:
-    saved = {name: getattr(augment_module, name) for name in AUGMENT_STAGES}
+    saved = {name: getattr(module, name) for name, (module, _label) in AUGMENT_STAGES.items()}
 
     def wrap(fn: Any, label: str) -> Any:
         @functools.wraps(fn)
@@ -98,12 +99,12 @@ def labelled_stages() -> Iterator[None]:
         return inner
 
     try:
-        for name, label in AUGMENT_STAGES.items():
-            setattr(augment_module, name, wrap(saved[name], label))
+        for name, (module, label) in AUGMENT_STAGES.items():
+            setattr(module, name, wrap(saved[name], label))
         yield
     finally:
         for name, fn in saved.items():
-            setattr(augment_module, name, fn)
+            setattr(AUGMENT_STAGES[name][0], name, fn)
 
 
 def profile_augment(size: int = 256, patch: int = 112, n: int = 64) -> tuple[Any, dict[str, float]]:
@@ -116,7 +117,7 @@ def profile_augment(size: int = 256, patch: int = 112, n: int = 64) -> tuple[Any
             augment(images, src, boxes, torch.Generator().manual_seed(1))
     events = {e.key: e.cpu_time_total for e in prof.key_averages()}
     whole = events.get("PatchAugment.forward", 0.0)
-    stages = {label: events.get(f"stage: {label}", 0.0) for label in AUGMENT_STAGES.values()}
+    stages = {label: events.get(f"stage: {label}", 0.0) for _module, label in AUGMENT_STAGES.values()}
     # what no stage covers: patch selection for the masked ops, the scatter into the output
     # (which page-faults the fresh output tensor in), chunking
     stages["rest (selection, output scatter, chunking)"] = whole - sum(stages.values())

@@ -13,6 +13,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 import jigclu.augment as aug
+import jigclu.augment.patch as aug_patch
 from jigclu.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -182,7 +183,7 @@ def test_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> No
     images, src, boxes = jigsaw_inputs(b=6)
     whole = PatchAugment(16)(images, src, boxes, gen(2))
     # six patches' worth of bytes: chunks of one image (4 patches) at a time
-    monkeypatch.setattr(aug, "_CPU_CHUNK_BYTES", 3 * 16 * 16 * 4 * 6)
+    monkeypatch.setattr(aug_patch, "_CPU_CHUNK_BYTES", 3 * 16 * 16 * 4 * 6)
     chunked = PatchAugment(16)(images, src, boxes, gen(2))
     assert torch.allclose(whole, chunked, atol=1e-5, rtol=0)
 

@@ -6,22 +6,12 @@ images and labels -> :class:`ShardSampler` + :func:`collate_uint8` -> uint8 batc
 """
 
 from jigclu.data.convert import convert_main, encode_png, write_parquet
-from jigclu.data.datasets import (
-    FASHION_MNIST_DIR,
-    KNOWN_KINDS,
-    MissingSplitError,
-    load_dataset,
-    parse_spec,
-    read_idx,
-)
-from jigclu.data.images import (
-    CorruptDataWarning,
-    EncodedImageDataset,
-    ImageDataset,
-    TensorImageDataset,
-    resize_uint8,
-)
+from jigclu.data.datasets import KNOWN_KINDS, load_dataset, parse_spec
+from jigclu.data.encoded import CorruptDataWarning, EncodedImageDataset
+from jigclu.data.idx import FASHION_MNIST_DIR, read_idx
+from jigclu.data.images import ImageDataset, TensorImageDataset, resize_uint8
 from jigclu.data.loader import ShardSampler, balanced_subset_indices, collate_uint8, make_loader
+from jigclu.data.request import MissingSplitError
 
 __all__ = [
     "FASHION_MNIST_DIR",

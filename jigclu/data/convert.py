@@ -16,6 +16,7 @@ import posixpath
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -24,17 +25,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from jigclu.data import storage
-from jigclu.data.datasets import (
-    META_CHANNELS,
-    META_CLASSES,
-    META_IMAGE_SIZE,
-    META_SOURCE,
-    MissingSplitError,
-    load_dataset,
-    normalize_split,
-)
+from jigclu import storage
+from jigclu.data.datasets import load_dataset
 from jigclu.data.images import ImageDataset
+from jigclu.data.parquet import META_CHANNELS, META_CLASSES, META_IMAGE_SIZE, META_SOURCE
+from jigclu.data.request import MissingSplitError, normalize_split, resolve
 from jigclu.errors import DataError
 
 SHARD_NAME = "part-{:05d}.parquet"
@@ -70,37 +65,36 @@ def write_parquet(
         image_size: resize when loading a spec source (see :func:`load_dataset`).
         on_corrupt: corrupt-image policy when loading a spec source.
 
-    The shards are written into a hidden sibling directory first and renamed into place, so an
-    error leaves nothing at ``dest``. (Object stores have no directory rename: there the finished
-    shards are moved one by one, which is as close to atomic as they allow.)
+    The shards are written (each with :func:`jigclu.storage.write_atomic_with`) into a hidden
+    sibling directory first and renamed into place, so an error leaves nothing at ``dest``.
+    (Object stores have no directory rename: there the finished shards are moved one by one,
+    which is as close to atomic as they allow.)
     """
     if rows_per_shard < 1:
         raise DataError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
     datasets = _datasets_to_write(source, split_names, image_size, on_corrupt)
-    fs, path = storage.resolve(dest)
+    fs, path = resolve(dest)
     where = storage.display(fs, path)
     _check_destination(fs, path, where)
 
-    parent, base = posixpath.split(path.rstrip("/"))
-    tmp = posixpath.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
+    staging = _staging(dest)
     schema = _schema(datasets, source)
     total = 0
     try:
-        fs.create_dir(tmp, recursive=True)
         shard = 0
         for ds in datasets:
             for start in range(0, len(ds), rows_per_shard):
                 indices = range(start, min(start + rows_per_shard, len(ds)))
                 table = _encode_rows(ds, indices, schema)
-                pq.write_table(table, posixpath.join(tmp, SHARD_NAME.format(shard)), filesystem=fs)
+                shard_location = storage.join(staging, SHARD_NAME.format(shard))
+                storage.write_atomic_with(shard_location, partial(pq.write_table, table), suffix=".parquet")
                 shard += 1
                 total += table.num_rows
         if total == 0:
             raise DataError(f"nothing to write to {where}: the source has no images")
-        _publish(fs, tmp, path)
-    except BaseException:
-        _remove_quietly(fs, tmp)
-        raise
+        _publish(fs, resolve(staging)[1], path)
+    finally:
+        _remove_quietly(staging)  # on success only an object store's emptied staging prefix is left
     return total
 
 
@@ -195,8 +189,19 @@ def _check_destination(fs: pafs.FileSystem, path: str, where: str) -> None:
         raise DataError(f"cannot inspect destination {where}: {exc}") from exc
 
 
+def _staging(dest: str) -> str:
+    """A fresh hidden sibling of ``dest`` (same filesystem, so publishing it is one rename),
+    written like ``dest`` (a path or a URI, its query options kept)."""
+    location, query = storage.normalise(dest), ""
+    if storage.is_uri(location) and "?" in location:
+        location, query = location.split("?", 1)
+        query = "?" + query
+    parent, base = location.rsplit("/", 1)
+    return f"{parent}/.{base}.tmp-{uuid.uuid4().hex[:12]}{query}"
+
+
 def _publish(fs: pafs.FileSystem, tmp: str, path: str) -> None:
-    """Move the finished temporary directory to ``path``."""
+    """Move the finished temporary directory ``tmp`` to ``path`` (both paths on ``fs``)."""
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir(path)  # empty (checked before writing); rename cannot replace it everywhere
     try:
@@ -207,13 +212,11 @@ def _publish(fs: pafs.FileSystem, tmp: str, path: str) -> None:
     fs.create_dir(path, recursive=True)
     for info in fs.get_file_info(pafs.FileSelector(tmp, recursive=False)):
         fs.move(info.path, posixpath.join(path, info.base_name))
-    _remove_quietly(fs, tmp)
 
 
-def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+def _remove_quietly(location: str) -> None:
     """Best-effort cleanup of a temporary directory (never masks the original error)."""
     try:
-        if fs.get_file_info(path).type == pafs.FileType.Directory:
-            fs.delete_dir(path)
+        storage.delete(location)
     except Exception:  # noqa: BLE001 - cleanup must not hide the error being raised
         pass

@@ -1,10 +1,11 @@
 """Turning an :class:`ImageDataset` into batches, identically on 1 or N workers.
 
-Elastic training restarts the worker group at a new size (SPEC section 3), so sampling must not
-depend on the world size: :class:`ShardSampler` draws one *global* permutation per epoch from
-``seed + epoch`` and deals it out to ranks round-robin. With a fixed global batch ``B`` (each rank
-taking ``B / world_size``), global batch ``k`` always holds the same images whatever the world
-size, and a run resumed mid-epoch at a new size continues the same order (``set_epoch(e, start)``).
+Elastic training (``scaling.workers=[min, max]``, :mod:`jigclu.ray_train`) restarts the worker
+group at a new size, so sampling must not depend on the world size: :class:`ShardSampler` draws
+one *global* permutation per epoch from ``seed + epoch`` and deals it out to ranks round-robin.
+With a fixed global batch ``B`` (each rank taking ``B / world_size``), global batch ``k`` always
+holds the same images whatever the world size, and a run resumed mid-epoch at a new size
+continues the same order (``set_epoch(e, start)``).
 """
 
 from __future__ import annotations
@@ -35,15 +36,8 @@ class ShardSampler(Sampler[int]):
         drop_last: drop the tail that does not fill one index per rank (else pad by wrapping).
     """
 
-    def __init__(
-        self,
-        dataset_len: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        seed: int = 0,
-        shuffle: bool = True,
-        drop_last: bool = True,
-    ) -> None:
+    def __init__(self, dataset_len: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True) -> None:
         if dataset_len < 0:
             raise ValueError(f"dataset_len must be >= 0, got {dataset_len}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -126,14 +120,7 @@ def make_loader(
     before iterating each epoch. ``drop_last`` applies to both the sampler and the last partial
     batch, so every step on every rank sees a full batch.
     """
-    sampler = ShardSampler(
-        len(dataset),  # type: ignore[arg-type]
-        num_replicas=num_replicas,
-        rank=rank,
-        seed=seed,
-        shuffle=shuffle,
-        drop_last=drop_last,
-    )
+    sampler = ShardSampler(len(dataset), num_replicas, rank, seed, shuffle, drop_last)  # type: ignore[arg-type]
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,0 +1,112 @@
+"""The house rules (docs/architecture.md), checked on the source: no import circle, Ray only in
+its wrapper modules, ``jigclu`` never importing ``tune`` (the CLI aside), small files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("jigclu", "tune")
+# the modules allowed to import Ray: the wrappers around Ray Train, Ray Tune and the cluster launcher
+RAY_WRAPPERS = {"jigclu.ray_train", "tune.sweep", "tune.live", "jigclu.cluster.launcher", "jigclu.cluster.kuberay"}
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Every module this file imports (at the top or inside a function), as full names."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules)
+    return out
+
+
+MODULES = _modules()
+GRAPH = {name: _imports(path, name, MODULES) for name, path in MODULES.items()}
+
+
+def _internal(name: str) -> set[str]:
+    """Internal modules ``name`` depends on (a package import counts as its ``__init__``)."""
+    return {dep for dep in GRAPH[name] if dep in MODULES and dep != name}
+
+
+def test_no_import_circle():
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(_internal(node)):
+            if node.startswith(dep + ".") and MODULES[dep].name == "__init__.py":
+                continue  # a submodule importing its own package's re-exports is no circle
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(MODULES):
+        if name not in state:
+            visit(name)
+
+
+def test_ray_is_imported_only_by_its_wrappers():
+    offenders = sorted(name for name, deps in GRAPH.items()
+                       if any(d == "ray" or d.startswith("ray.") for d in deps) and name not in RAY_WRAPPERS)
+    assert not offenders, f"modules importing Ray outside the wrappers: {offenders}"
+
+
+def test_jigclu_does_not_import_tune_except_the_cli():
+    offenders = sorted(name for name, deps in GRAPH.items()
+                       if name.startswith("jigclu") and name != "jigclu.cli"
+                       and any(d == "tune" or d.startswith("tune.") for d in deps))
+    assert not offenders, f"jigclu modules importing tune: {offenders}"
+
+
+def test_benchmarks_do_not_import_the_cli():
+    offenders = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        deps = _imports(path, f"benchmarks.{path.stem}", MODULES)
+        if any(d.startswith("jigclu.cli") for d in deps):
+            offenders.append(path.name)
+    assert not offenders, f"benchmarks importing the CLI: {offenders}"
+
+
+def test_files_hold_one_idea():
+    long = {str(path.relative_to(ROOT)): n for path in MODULES.values()
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def test_one_training_loop():
+    loops = []
+    for path in sorted((ROOT / "jigclu" / "trainers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and node.target.id == "epoch":
+                loops.append(f"{path.name}:{node.lineno}")
+    assert loops == [loops[0]] and loops[0].startswith("loop.py"), loops
