@@ -69,6 +69,13 @@ def join(location: str | Path, *parts: str) -> str:
     return f"{base.rstrip('/')}/{tail}"
 
 
+def parent(location: str | Path) -> str:
+    """The directory holding ``location`` (query options of a URI kept)."""
+    base = normalise(location)
+    head, sep, query = base.partition("?") if is_uri(base) else (base, "", "")
+    return head.rstrip("/").rsplit("/", 1)[0] + (f"?{query}" if sep else "")
+
+
 def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path or a URI; a bad URI is one :class:`StorageError`."""
     local = local_path(location)
@@ -269,6 +276,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["StorageError", "is_uri", "is_local", "local_path", "normalise", "join", "resolve", "display",
+__all__ = ["StorageError", "is_uri", "is_local", "local_path", "normalise", "join", "parent", "resolve", "display",
            "exists", "is_file", "is_dir", "mtime", "read_bytes", "read_text", "write_atomic", "write_atomic_with",
            "append_line", "list_dir", "delete", "move", "download", "check_writable"]

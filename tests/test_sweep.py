@@ -232,12 +232,12 @@ def test_downstream_linear_sweep_over_learning_rates(ray_local, tmp_path):
 def test_torn_tune_state_files_are_set_aside(tmp_path):
     import pickle
 
-    from tune.sweep import set_aside_torn_state
+    from jigclu.runs import SweepLayout
 
     (tmp_path / "search_gen_state-2026-01-01_00-00-00.json").write_bytes(b"")
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"ok": 1}')
     (tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"a": 1})[:5])
-    torn = set_aside_torn_state(tmp_path)
+    torn = SweepLayout(str(tmp_path)).set_aside_torn_state()
     assert sorted(torn) == ["search_gen_state-2026-01-01_00-00-00.json", "searcher-state-2026-01-01_00-00-00.pkl"]
     assert (tmp_path / "experiment_state-2026-01-01_00-00-00.json").exists()
     assert (tmp_path / "search_gen_state-2026-01-01_00-00-00.json.torn").exists()

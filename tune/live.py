@@ -4,8 +4,11 @@
     best knn_top1 81.4 (trial-3f2a, epoch 4)   elapsed 0:04:12
 
 It is a Tune callback (driver side): it hears about every trial start, result, completion and
-error, and redraws. Tune pickles its run config (callbacks included) into the sweep directory,
-so the rich objects are dropped when pickled.
+error, and redraws. When stdout is not a terminal (``ray job logs``, ``kubectl logs``, CI) it
+prints one plain line per event instead. Tune pickles its run config (callbacks included) into
+the sweep directory, so the rich objects are dropped when pickled.
+
+:class:`StudyPublisher` uploads the Optuna study to the sweep's storage after every trial.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class SweepProgress(Callback):
         self.name, self.metric, self.mode = sweep.spec.name, sweep.metric, sweep.spec.mode
         self.total, self.max_t = sweep.spec.num_samples, sweep.max_t
         self.enabled = enabled
+        self.plain = enabled and not Console().is_terminal  # logs: one line per event, no live display
         self.status: dict[str, str] = {}
         self.iterations: dict[str, int] = {}
         self.best: tuple[float, str, int] | None = None
@@ -40,11 +44,13 @@ class SweepProgress(Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_live"] = state["_progress"] = None
-        state["enabled"] = False
+        state["enabled"] = state["plain"] = False
         return state
 
     def __enter__(self) -> "SweepProgress":
-        if self.enabled:
+        if self.plain:
+            self._line(f"sweep {self.name}: {self.total} trials, metric {self.metric} ({self.mode})")
+        elif self.enabled:
             self._progress = Progress(TextColumn(f"[bold]sweep {self.name}"), BarColumn(), MofNCompleteColumn(),
                                       TextColumn("trials"), TimeElapsedColumn())
             self._task = self._progress.add_task("", total=self.total)
@@ -62,6 +68,8 @@ class SweepProgress(Callback):
     # --- Tune callback hooks -------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.status[trial.trial_id] = "running"
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted((trial.config or {}).items()))
+        self._line(f"trial-{trial.trial_id} started: {params}")
         self._redraw()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -71,6 +79,8 @@ class SweepProgress(Callback):
             better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
             if better:
                 self.best = (float(value), trial.trial_id, int(result.get("training_iteration", 0)))
+        self._line(f"trial-{trial.trial_id} epoch {result.get('training_iteration', '?')}: "
+                   f"{self.metric} {_fmt(value)}")
         self._redraw()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -81,8 +91,13 @@ class SweepProgress(Callback):
 
     def _ended(self, trial: Any, ray_status: str) -> None:
         epochs = self.iterations.get(trial.trial_id, 0)
-        self.status[trial.trial_id] = trial_status(epochs, self.max_t, ray_status=ray_status)
+        self.status[trial.trial_id] = status = trial_status(epochs, self.max_t, ray_status=ray_status)
+        self._line(f"trial-{trial.trial_id} {status.replace('stopped', 'stopped early')} after {epochs} epochs")
         self._redraw()
+
+    def _line(self, text: str) -> None:
+        if self.plain:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     # --- display -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -112,3 +127,21 @@ class SweepProgress(Callback):
         c = self.counts()
         self._progress.update(self._task, completed=c["finished"] + c["stopped"] + c["errored"])
         self._live.update(self._render())
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class StudyPublisher(Callback):
+    """Uploads the Optuna study (SQLite on the driver's disk) to the sweep's storage after every
+    trial, so a sweep resumed on a fresh head node finds it (``SweepLayout.publish_study``)."""
+
+    def __init__(self, layout: Any) -> None:
+        self.layout = layout
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.layout.publish_study()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.layout.publish_study()

@@ -135,6 +135,8 @@ class SweepSpec(BaseModel):
     time_budget_s: float | None = Field(None, gt=0)
     seed: int = 0
     output_dir: str = "sweeps"
+    storage: str | None = Field(None, description="where the sweep lives (local dir, file://, s3://, gs://); "
+                                "default: output_dir")
     trial_mode: Literal["auto", "inprocess", "ray_train"] = "auto"
     resources: ResourcesSpec = ResourcesSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -210,12 +212,13 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read, merge and validate a sweep file; ``key=value`` overrides apply to the sweep file
-    (``num_samples=4``) or, with a ``config.`` prefix, to the trainer config."""
+    (``num_samples=4``, ``storage=s3://...``) or to the trainer config (``config.train.epochs=2``; the prefix
+    may be left out for trainer keys that are no sweep key: ``scaling.gpu=true``)."""
     from jigclu.config import parse_overrides
 
     path = Path(path)
     data = read_yaml(path)
-    data = deep_merge(data, parse_overrides(overrides or []))
+    data = deep_merge(data, as_sweep_overrides(parse_overrides(overrides or [])))
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
@@ -228,6 +231,18 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         base = read_yaml(base_path)
     base = deep_merge(base, spec.config)
     return validate_sweep(spec, base)
+
+
+def as_sweep_overrides(nested: dict[str, Any]) -> dict[str, Any]:
+    """Overrides of a sweep: sweep keys stay; trainer keys that are no sweep key
+    (``scaling.gpu=true``, ``data.dataset=...``) go to the trainer config, as if written ``config.<key>``."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if key not in SweepSpec.model_fields and key in RunConfig.model_fields:
+            out = deep_merge(out, {"config": {key: value}})
+        else:
+            out = deep_merge(out, {key: value})
+    return out
 
 
 def validate_sweep(spec: SweepSpec, base: dict[str, Any]) -> Sweep:

@@ -1,0 +1,167 @@
+"""A cluster in a box for tests: a real S3 endpoint and a real multi-node Ray on 127.0.0.1.
+
+* :class:`S3Endpoint`: moto's server mode (the S3 stand-in Ray's, pandas' and obstore's own
+  test suites use) on a free loopback port, with dummy credentials, stopped by pid.
+* :class:`RayBox`: ``ray start --head`` (0 CPUs) plus worker nodes (``ray start --address``),
+  each node in its own working directory and temp dir, so a relative or node-local path is
+  different on every node; every node is stopped by its process group (never ``ray stop``,
+  which would kill every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.5) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class S3Endpoint:
+    """``moto_server`` on 127.0.0.1; :attr:`env` points AWS clients (pyarrow included) at it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.url, "AWS_EC2_METADATA_DISABLED": "true"}
+        self.log = open(workdir / "moto.log", "w")
+        self.proc = subprocess.Popen([os.path.join(VENV_BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait(self._up, 30, "the S3 endpoint")
+
+    def _up(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def filesystem(self, **options):  # -> pyarrow.fs.S3FileSystem
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                                 endpoint_override=f"127.0.0.1:{self.port}", scheme="http", **options)
+
+    def create_bucket(self, name: str) -> None:
+        self.filesystem(allow_bucket_creation=True).create_dir(name)
+
+    def stop(self) -> None:
+        _kill_group(self.proc)
+        self.log.close()
+
+
+class RayBox:
+    """A head with 0 CPUs and ``workers`` nodes of ``cpus`` CPUs each, all on 127.0.0.1."""
+
+    def __init__(self, root: Path, env: dict[str, str], workers: int = 3, cpus: int = 1) -> None:
+        self.root, self.port, self.dashboard_port = root, free_port(), free_port()
+        self.env = {**os.environ, **env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}
+        self.env.pop("RAY_ADDRESS", None)
+        self.nodes: list[subprocess.Popen] = []
+        self.temps: list[Path] = []
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self._start("head", ["--head", "--num-cpus=0", f"--port={self.port}", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"])
+        _wait(lambda: self._cpus() is not None, 60, "the Ray head")
+        for i in range(workers):
+            self._start(f"worker{i}", [f"--address={self.address}", f"--num-cpus={cpus}"])
+        _wait(lambda: (self._cpus() or 0) >= workers * cpus, 90, f"{workers} worker nodes")
+
+    def _start(self, name: str, args: list[str]) -> None:
+        workdir = self.root / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Ray's unix sockets live under the temp dir and their paths must stay under 108 bytes
+        temp = Path(tempfile.mkdtemp(prefix=f"jb-{name}-", dir="/tmp"))
+        self.temps.append(temp)
+        log = open(self.root / f"{name}.log", "w")
+        # every node on one machine needs its own agent ports (the defaults would clash with each
+        # other and with any other Ray on the machine)
+        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+        cmd = [os.path.join(VENV_BIN, "ray"), "start", *args, *ports, "--block", f"--temp-dir={temp}",
+               "--object-store-memory=200000000", "--disable-usage-stats"]
+        self.nodes.append(subprocess.Popen(cmd, cwd=workdir, env={**self.env, "TMPDIR": str(temp)},
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def _cpus(self) -> float | None:
+        out = subprocess.run([os.path.join(VENV_BIN, "ray"), "status", f"--address={self.address}"],
+                             env=self.env, capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            return None
+        for line in out.stdout.splitlines():
+            if line.strip().endswith(" CPU") and "/" in line:
+                return float(line.strip().split("/")[1].split()[0])
+        return 0.0  # up, without CPUs (the head)
+
+    def ray(self, *args: str, cwd: Path | None = None, timeout: float = 120, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """``ray <args>`` against this cluster (job submit/stop/status...)."""
+        out = subprocess.run([os.path.join(VENV_BIN, "ray"), *args], cwd=cwd, env={**self.env, **(env or {})},
+                             capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"ray {' '.join(args[:3])} failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
+                                 f"{out.stderr[-3000:]}")
+        return out
+
+    def actors(self) -> list[Any]:
+        from ray.util.state import list_actors
+
+        return list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+
+    def stop(self) -> None:
+        for proc in reversed(self.nodes):
+            _kill_group(proc)
+        for temp in self.temps:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop a process and everything it started (it leads its own session)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=15)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def raylet_of(pid: int) -> int:
+    """The raylet that started worker process ``pid`` (its nearest ``raylet`` ancestor)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    while proc is not None:
+        if "raylet" in proc.name():
+            return proc.pid
+        proc = proc.parent()
+    raise LookupError(f"no raylet above pid {pid}")
