@@ -125,6 +125,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.config, args.overrides)
     if args.dry_run:
+        from jigclu.launch import check_storage_syntax
+
+        check_storage_syntax(sweep.spec.storage or sweep.spec.output_dir)
         _check_dataset(str((sweep.base.get("data") or {}).get("dataset", "digits")))
         print_dry_run(f"sweep {sweep.spec.name}", sweep.to_dict())
         return 0
@@ -196,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options too (``name=demo --resume output_dir=x``)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR

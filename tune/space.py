@@ -137,6 +137,8 @@ class SweepSpec(BaseModel):
     output_dir: str = "sweeps"
     storage: str | None = Field(None, description="where the sweep lives (local dir, file://, s3://, gs://); "
                                 "default: output_dir")
+    study_storage: str | None = Field(None, description="Optuna RDB URL (postgresql://..., mysql://...) for the "
+                                      "study; default: SQLite kept with the sweep")
     trial_mode: Literal["auto", "inprocess", "ray_train"] = "auto"
     resources: ResourcesSpec = ResourcesSpec()
     scheduler: SchedulerSpec = SchedulerSpec()

@@ -105,9 +105,12 @@ def sweep_layout(sweep: Sweep) -> SweepLayout:
     return SweepLayout.of(sweep.spec.storage or sweep.spec.output_dir, sweep.spec.name)
 
 
-def _optuna_storage(layout: SweepLayout) -> Any:
+def _optuna_storage(sweep: Sweep, layout: SweepLayout) -> Any:
+    """The study's Optuna RDB storage: the user's database URL, else SQLite kept with the sweep."""
     import optuna
 
+    if sweep.spec.study_storage:
+        return optuna.storages.RDBStorage(sweep.spec.study_storage)
     layout.study_cache.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(f"sqlite:///{layout.study_cache}")
 
@@ -120,7 +123,7 @@ def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune
 
     spec = sweep.spec
     searcher = OptunaSearch(space=sweep.define_by_run(), metric=sweep.metric, mode=spec.mode, seed=spec.seed,
-                            study_name=spec.name, storage=_optuna_storage(layout))
+                            study_name=spec.name, storage=_optuna_storage(sweep, layout))
     limited = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
     if spec.scheduler.type == "asha":
         max_t = sweep.max_t

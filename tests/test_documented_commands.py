@@ -1,0 +1,102 @@
+"""Every ``jigclu ...`` command the docs show runs as written.
+
+Commands are extracted from README.md, clusters/README.md, docs/*.md and the KubeRay manifests'
+entrypoints (also the part after ``-- `` of a ``ray job submit``), their placeholders filled in;
+commands that start work run with ``--dry-run`` (everything checked offline, nothing started),
+the others must at least parse.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jigclu.cli import build_parser, main
+from jigclu.config import load_config
+from jigclu.context import LocalContext
+from jigclu.trainers.pretrain import run_pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "clusters" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+MANIFESTS = sorted((ROOT / "clusters" / "kuberay").glob("*.yaml"))
+STARTS_WORK = {"pretrain", "linear", "semi", "finetune", "tune"}
+_SUBCOMMANDS = set(build_parser()._subparsers._group_actions[0].choices)
+
+
+def _from_text(text: str) -> list[str]:
+    found = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if "jigclu " not in line:
+            continue
+        if "-- jigclu " in line:  # ray job submit ... -- jigclu tune ...
+            candidates = [line.split("-- jigclu ", 1)[1].split("`", 1)[0]]
+        elif line.startswith("jigclu ") or line.startswith("$ jigclu "):  # a command line of a code block
+            candidates = [line.split("jigclu ", 1)[1]]
+        else:  # inline code in prose: only full commands (a subcommand and its arguments)
+            candidates = [m for m in re.findall(r"`jigclu ([^`]+)`", raw) if len(m.split()) >= 2]
+        for command in candidates:
+            command = command.split("  #", 1)[0].split(" # ", 1)[0].strip()
+            usage = " [--" in command or re.search(r"<(?!run>)[a-z_ ]+>", command) or command.endswith("...")
+            if command and not usage and command.split()[0] in _SUBCOMMANDS:
+                found.append(command)
+    return found
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    commands = []
+    for path in DOCS:
+        commands += [(path.relative_to(ROOT).as_posix(), c) for c in _from_text(path.read_text())]
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            entry = ((doc or {}).get("spec") or {}).get("entrypoint")
+            if entry and "jigclu " in entry:
+                commands.append((path.relative_to(ROOT).as_posix(), entry.split("jigclu ", 1)[1]))
+        commands += [(path.relative_to(ROOT).as_posix(), c) for c in _from_text(
+            "\n".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#")))]
+    return commands
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("docs")
+    cfg = load_config(None, ["data.dataset=digits", "data.image_size=32", "data.batch_size=32", "data.limit=64",
+                             "model.width=8", "jigsaw.crop_size=32", "train.epochs=1", "monitor.knn=false",
+                             "train.progress=false"])
+    run_pretrain(cfg, LocalContext(out / "run", progress=False))
+    return out / "run"
+
+
+def _fill(command: str, pretrained: Path, tmp: Path) -> list[str]:
+    subs = {"runs/<run>": str(pretrained), "<run>": str(pretrained), "$BUCKET": "my-bucket", "YOUR-BUCKET": "my-bucket",
+            "$SWEEP": "pretrain_fashion", "configs/best.yaml": "configs/demo.yaml", "$GCP_PROJECT": "my-project",
+            "\"$AMI\"": "ami-0123456789abcdef0", "~/": f"{tmp}/"}
+    for old, new in subs.items():
+        command = command.replace(old, new)
+    command = command.replace("pretrain ... ", "pretrain --config configs/demo.yaml ")
+    return shlex.split(command)
+
+
+def test_the_docs_show_commands():
+    found = {c.split()[0] for _where, c in documented_commands()}
+    assert {"pretrain", "tune", "linear", "semi", "report", "cluster"} <= found, found
+
+
+@pytest.mark.parametrize("where,command", documented_commands(), ids=lambda v: v if "/" in v or ".md" in v else None)
+def test_documented_command_runs_as_written(where, command, pretrained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    args = _fill(command, pretrained, tmp_path)
+    if args[0] in STARTS_WORK:
+        code = main([args[0], "--dry-run", *args[1:], f"output_dir={tmp_path / 'out'}"] if args[0] != "tune"
+                    else [args[0], "--dry-run", *args[1:]])
+        assert code == 0, f"{where}: jigclu {command}\n{capsys.readouterr().err}"
+        assert not (tmp_path / "out").exists()
+    else:  # reads or writes something real: it must at least parse as written
+        try:
+            build_parser().parse_args(args)
+        except SystemExit as exc:
+            pytest.fail(f"{where}: jigclu {command} does not parse ({exc.code}): {capsys.readouterr().err}")
