@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from contextlib import nullcontext
 from typing import Any, Callable
 
@@ -65,7 +66,8 @@ def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | 
     if address:
         ray.init(address=address, **common)
         return True
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    # address="local": always a new local instance, never a stale cluster left in Ray's temp dir
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              object_store_memory=OBJECT_STORE_BYTES, **common)
     return True
 
@@ -176,6 +178,49 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                                 callbacks=callbacks or None),
     )
+
+
+def placement_groups() -> set[str]:
+    """Ids of the cluster's placement groups that hold resources now."""
+    return {pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] in ("CREATED", "PENDING")}
+
+
+def remove_orphaned_worker_groups(cfg: RunConfig, before: set[str], wait_s: float = 15.0) -> list[str]:
+    """Remove the placement groups a finished nested Ray Train run left behind.
+
+    In Ray 2.60 a Train V2 controller started inside a Tune trial ends with its trial without
+    removing its worker group's placement group (a group created by an actor outlives it), and
+    the cleaner actor meant to catch that did not on a multi-node cluster
+    (``tests/test_cluster_box.py``): the reserved CPUs then blocked every later trial. A group
+    counts as orphaned when it appeared during this run, has this run's bundles, and no live
+    actor sits in it (so a concurrent trial's group is never touched); the run's workers get
+    ``wait_s`` to exit first.
+    """
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_actors
+
+    bundle = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.gpu else {})}
+    removed: list[str] = []
+    deadline = time.time() + wait_s
+    ended = {pg_id for pg_id, pg in ray.util.placement_group_table().items()  # groups there when the run ended
+             if pg_id not in before and all(b == bundle for b in pg["bundles"].values())}
+    while True:
+        table = ray.util.placement_group_table()
+        candidates = [pg_id for pg_id in ended if pg_id not in removed and table.get(pg_id, {}).get("state") == "CREATED"]
+        if not candidates:
+            return removed
+        try:
+            occupied = {a.placement_group_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10000,
+                                                                    raise_on_missing_output=False)}
+        except Exception:  # no State API (no dashboard): leave it to Ray
+            return removed
+        for pg_id in candidates:
+            if pg_id not in occupied:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+                removed.append(pg_id)
+        if time.time() > deadline or all(pg_id in removed for pg_id in candidates):
+            return removed
+        time.sleep(1.0)
 
 
 def ray_storage(root: str) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 import tempfile
@@ -230,9 +229,16 @@ class SweepLayout:
         local = storage.local_path(self.root)
         if local is not None:
             return local / "optuna.db"
+        # The path must be the same on every head node of the cluster: Tune's saved searcher state
+        # holds the study's SQLite URL, and a resumed sweep's searcher opens that same file.
         key = hashlib.sha1(self.root.split("?", 1)[0].encode()).hexdigest()[:12]
-        cache = Path(os.environ.get("JIGCLU_CACHE", Path.home() / ".cache" / "jigclu"))
-        return cache / "studies" / f"{self.root.split('?', 1)[0].rstrip('/').rsplit('/', 1)[-1]}-{key}" / "optuna.db"
+        name = self.root.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return Path.home() / ".cache" / "jigclu" / "studies" / f"{name}-{key}" / "optuna.db"
+
+    def forget_study(self) -> None:
+        """Drop a cached copy of a remote sweep's study (a new sweep must not inherit an old one)."""
+        if not self.is_local:
+            self.study_cache.unlink(missing_ok=True)
 
     def fetch_study(self) -> None:
         """A remote sweep's study onto this disk, unless the copy here is already as new."""

@@ -85,13 +85,18 @@ class RayBox:
         self.temps: list[Path] = []
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        self._start("head", ["--head", "--num-cpus=0", f"--port={self.port}", "--node-ip-address=127.0.0.1",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"])
-        _wait(lambda: self._cpus() is not None, 60, "the Ray head")
-        for i in range(workers):
-            self._start(f"worker{i}", [f"--address={self.address}", f"--num-cpus={cpus}"])
-        _wait(lambda: (self._cpus() or 0) >= workers * cpus, 90, f"{workers} worker nodes")
+        try:
+            self._start("head", ["--head", "--num-cpus=0", f"--port={self.port}", "--node-ip-address=127.0.0.1",
+                                 "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                                 f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"])
+            _wait(lambda: self._cpus() is not None, 60, "the Ray head")
+            for i in range(workers):
+                self._start(f"worker{i}", [f"--address={self.address}", f"--num-cpus={cpus}"])
+            _wait(lambda: (self._cpus() or 0) >= workers * cpus, 90, f"{workers} worker nodes")
+            self.wait_for_job_agent()
+        except BaseException:
+            self.stop()  # a cluster that did not come up leaves no process behind
+            raise
 
     def _start(self, name: str, args: list[str]) -> None:
         workdir = self.root / name
@@ -134,10 +139,32 @@ class RayBox:
 
         return list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
 
+    def wait_for_job_agent(self, timeout: float = 120) -> None:
+        """The head's job agent registers a while after the node: wait until it takes a job."""
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(self.dashboard)
+
+        def ready() -> bool:
+            try:
+                client.submit_job(entrypoint="true", submission_id=f"probe-{time.time_ns()}")
+                return True
+            except RuntimeError as exc:
+                if "No available agent" in str(exc):
+                    return False
+                raise
+
+        _wait(ready, timeout, "the head's job agent", interval=2)
+
     def stop(self) -> None:
         for proc in reversed(self.nodes):
             _kill_group(proc)
-        for temp in self.temps:
+        for i, temp in enumerate(self.temps):  # keep the nodes' logs beside the test's files
+            try:
+                shutil.copytree(temp / "session_latest" / "logs", self.root / f"logs-{i}", dirs_exist_ok=True,
+                                ignore_dangling_symlinks=True, ignore=shutil.ignore_patterns("*.sock", "events"))
+            except OSError:
+                pass  # no logs to keep: the node never started
             shutil.rmtree(temp, ignore_errors=True)
 
 

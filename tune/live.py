@@ -28,11 +28,12 @@ from tune.report.trial import trial_status
 class SweepProgress(Callback):
     """Counts trials by status, tracks the best value so far, and draws it live."""
 
-    def __init__(self, sweep: Any, enabled: bool = True) -> None:
+    def __init__(self, sweep: Any, enabled: bool = True) -> None:  # enabled: live display wanted
         self.name, self.metric, self.mode = sweep.spec.name, sweep.metric, sweep.spec.mode
         self.total, self.max_t = sweep.spec.num_samples, sweep.max_t
-        self.enabled = enabled
-        self.plain = enabled and not Console().is_terminal  # logs: one line per event, no live display
+        # a live display on a terminal; otherwise (logs, --no-progress) one plain line per event
+        self.enabled = enabled and Console().is_terminal
+        self.plain = not self.enabled
         self.status: dict[str, str] = {}
         self.iterations: dict[str, int] = {}
         self.best: tuple[float, str, int] | None = None
@@ -134,11 +135,19 @@ def _fmt(value: Any) -> str:
 
 
 class StudyPublisher(Callback):
-    """Uploads the Optuna study (SQLite on the driver's disk) to the sweep's storage after every
-    trial, so a sweep resumed on a fresh head node finds it (``SweepLayout.publish_study``)."""
+    """Uploads the Optuna study (SQLite on the driver's disk) to the sweep's storage whenever Tune
+    added trials (the searcher has just created their Optuna trials, which Tune's saved state
+    refers to, even while they still wait for resources) and when a trial ends, so a sweep
+    resumed on a fresh head node finds every trial it knows of (``SweepLayout.publish_study``)."""
 
     def __init__(self, layout: Any) -> None:
         self.layout = layout
+        self.published_for = 0  # trials Tune knew of at the last upload
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if len(trials) > self.published_for:
+            self.published_for = len(trials)
+            self.layout.publish_study()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.layout.publish_study()

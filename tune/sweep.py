@@ -25,7 +25,8 @@ from jigclu.config import RunConfig, build_config, save_config
 from jigclu.context import checkpoint_dir, resolve_device
 from jigclu.errors import ConfigError
 from jigclu.launch import prepare
-from jigclu.ray_train import init_ray, make_trainer, ray_storage, state_from  # also sets Ray's quiet env defaults
+from jigclu.ray_train import (init_ray, make_trainer, placement_groups, ray_storage,  # also sets Ray's quiet env defaults
+                              remove_orphaned_worker_groups, state_from)
 from jigclu.runs import RunLayout, SweepLayout, jsonable
 from jigclu import storage
 from jigclu.storage import check_writable, read_text, write_atomic
@@ -94,7 +95,11 @@ def run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: st
         from ray.tune.integration.ray_train import TuneReportCallback
 
         trainer = make_trainer(spec.task, cfg, layout.train_root, callbacks=[TuneReportCallback()])
-        trainer.fit()
+        before = placement_groups()
+        try:
+            trainer.fit()
+        finally:
+            remove_orphaned_worker_groups(cfg, before)
         return
     cfg.scaling.workers = 0
     run_task(spec.task, cfg, TuneTrialContext(trial_dir, device=resolve_device(cfg.device)))
@@ -188,6 +193,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     if existed:
         layout.set_aside_torn_state()
         layout.fetch_study()  # a fresh head node: the study comes back from storage
+    else:
+        layout.forget_study()
     if existed and tune.Tuner.can_restore(restore["storage_path"], storage_filesystem=restore.get("storage_filesystem")):
         tuner = tune.Tuner.restore(restore["storage_path"], trainable=_trainable(sweep, layout),
                                    storage_filesystem=restore.get("storage_filesystem"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -70,11 +71,16 @@ def evaluate(model: ClassifierModel, dataset: ImageDataset, size: int, device: t
     """Top-1/top-5 (%) and mean loss on ``dataset``; each worker scores its share, then they sum.
 
     Images are resized whole to ``size`` (no centre crop: small images have no border to spare).
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. Every worker scores with rank 0's
+    BatchNorm statistics (the checkpointed ones): after a DDP step each worker's own running
+    statistics have moved with its own share of the batch.
     """
     modes = {m: m.training for m in model.modules()}  # a frozen backbone must stay in eval mode
     model.eval()
     world, rank = dist.world_size(), dist.rank()
+    if world > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     mine = torch.arange(rank, len(dataset), world)
     loader = DataLoader(dataset.subset(mine), batch_size=_EVAL_BATCH, shuffle=False,
                         collate_fn=collate_uint8, num_workers=num_workers)
