@@ -14,6 +14,7 @@ The loop knows nothing of Ray: under Ray Train the context reports through ``ray
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -31,8 +32,9 @@ StepResult = tuple[Tensor, dict[str, Any], int]
 """``(loss, sums to accumulate over the epoch, images this step across all workers)``."""
 
 
-class Task:
-    """Hooks of one training task. ``setup`` must set every attribute annotated below."""
+class Task(ABC):
+    """Hooks of one training task. ``setup`` must set every attribute annotated below; the four
+    abstract hooks are what a task must write, the rest have defaults."""
 
     name: ClassVar[str]
     resume_keys: ClassVar[tuple[str, ...]] = ("model.arch", "model.width")  # must match to resume
@@ -47,8 +49,9 @@ class Task:
     epochs: int
     steps_per_epoch: int
 
+    @abstractmethod
     def setup(self, cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None) -> None:
-        raise NotImplementedError
+        """Build data, model, optimizer and scheduler (and load ``state``'s model weights)."""
 
     def on_start(self, ctx: RunContext) -> None:
         """Main worker, once everything is validated, just before the first step."""
@@ -56,16 +59,16 @@ class Task:
     def start_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    @abstractmethod
     def step(self, batch: Any, epoch: int, step: int) -> StepResult | None:
         """One step's loss; None skips the batch (the same on every worker)."""
-        raise NotImplementedError
 
     def after_step(self) -> None:
         """After ``optimizer.step()`` (per-step schedules)."""
 
+    @abstractmethod
     def end_epoch(self, epoch: int, sums: dict[str, Any], seconds: float) -> dict[str, Any]:
         """The epoch's metrics from its accumulated sums (evaluation included)."""
-        raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
         """Task-specific entries of the checkpoint (best metric so far, label subset, ...)."""
@@ -75,9 +78,9 @@ class Task:
         return {}
 
     @classmethod
+    @abstractmethod
     def epoch_line(cls, metrics: dict[str, Any], cfg: RunConfig) -> str:
         """One readable line per epoch (also printed by the Ray driver's progress display)."""
-        raise NotImplementedError
 
 
 def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
