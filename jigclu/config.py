@@ -2,7 +2,10 @@
 
 Configs are validated once, at the edge: a YAML file plus ``key=value`` dotted overrides
 (``optim.lr=0.05 model.grid=3``). An unknown key or an out-of-range value is one clear
-:class:`~jigclu.errors.ConfigError` naming the key, raised before anything starts.
+:class:`~jigclu.errors.ConfigError` naming the key, raised before anything starts. So is a
+credential (an access key, a ``user:secret@`` URI, a private key; :func:`refuse_secrets`, the
+scan cluster files get too): it names the field, never the value, since credentials belong in
+the environment, not in a config that is copied into every run directory.
 
 The same models serve every trainer; each trainer reads the sections it needs. Defaults are
 the paper's (Chen, Liu, Jia, CVPR 2021): SGD 0.9 / 1e-4, lr 0.03 per 256 images, cosine, m = 2, T = 0.3.
@@ -17,6 +20,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jigclu.errors import ConfigError
+from jigclu.secrets import comment_secrets, format_key_path, redact, scan_secrets
+
+_CREDENTIALS_ADVICE = ("credentials belong in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                       "GOOGLE_APPLICATION_CREDENTIALS, PGPASSWORD) or a cloud role, never in a config")
 
 
 class _Section(BaseModel):
@@ -217,10 +224,27 @@ class RunConfig(_Section):
 # loading, overrides, error formatting
 
 
+def refuse_secrets(doc: Any, source: str, text: str | None = None) -> None:
+    """Refuse ``doc`` (and the raw ``text`` it was parsed from) when it carries a credential:
+    one :class:`ConfigError` naming the field or line, never the value."""
+    problems, hits = scan_secrets(doc, kind=None)
+    if problems:
+        path, what = problems[0]
+        field = redact(format_key_path(path), hits)  # a key that is itself a secret is not echoed either
+        raise ConfigError(f"{source}: '{field}' {what}; {_CREDENTIALS_ADVICE}")
+    for line_no, what in comment_secrets(text or "", hits)[:1]:
+        raise ConfigError(f"{source}: line {line_no} {what}; {_CREDENTIALS_ADVICE}")
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ``["a.b=1", "c=[2, 3]"]`` into a nested dict; values are parsed as YAML scalars."""
+    """Turn ``["a.b=1", "c=[2, 3]"]`` into a nested dict; values are parsed as YAML scalars.
+    An override that carries a credential is refused (:func:`refuse_secrets`)."""
     nested: dict[str, Any] = {}
     for pair in pairs:
+        name, _, scanned = pair.partition("=")
+        for part in reversed(name.strip().split(".")):  # the raw text nested: a YAML comment is scanned too
+            scanned = {part: scanned}
+        refuse_secrets(scanned, "override")
         if "=" not in pair:
             raise ConfigError(f"override '{pair}' is not key=value")
         key, raw = pair.split("=", 1)
@@ -257,14 +281,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
+    text = p.read_text()
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"config file {p} is not valid YAML{where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
+    refuse_secrets(data, f"config file {p}", text)
     return data
 
 

@@ -170,8 +170,8 @@ class ExportResult:
     def message(self) -> str:
         base = self.arch.removesuffix("_small")
         line = (f"wrote {self.tensors} backbone tensors ({self.arch}, width {self.width}) to {self.path}; "
-                f"load with torchvision.models.{base}().load_state_dict(torch.load(path), strict=False) "
-                f"(only fc.* missing)")
+                f"load with torchvision.models.{base}().load_state_dict(torch.load(path, weights_only=True), "
+                f"strict=False) (only fc.* missing)")
         if self.torchvision_compatible:
             return line
         differs = []

@@ -11,7 +11,7 @@ Two kinds of file are understood:
 
 Both kinds are finally read the way the autoscaler on the head reads them (autoscaler v2's
 ``AutoscalingConfig(...).get_node_type_configs()``), and no file may carry a credential or a
-real-looking AWS account id (:mod:`jigclu.cluster.secrets`). Ray's own steps run once our checks
+real-looking AWS account id (:mod:`jigclu.secrets`). Ray's own steps run once our checks
 find nothing, so each mistake is reported once, in our words, with its key path; they remain
 the backstop for anything we do not check.
 
@@ -25,10 +25,10 @@ and :mod:`jigclu.cluster.cli` puts both behind ``jigclu cluster validate|render`
 from jigclu.cluster.cli import add_cli
 from jigclu.cluster.issues import ValidationIssue, format_key_path
 from jigclu.cluster.paths import clusters_dir, default_cluster_files
-from jigclu.cluster.secrets import account_id_matches as _account_id_matches  # the tests' old names
-from jigclu.cluster.secrets import secret_matches as _secret_matches
 from jigclu.cluster.templates import DEFAULT_GPU, GPU_TYPES, GpuShape, GpuType, render
 from jigclu.cluster.validate import validate_document, validate_files, validate_text
+from jigclu.secrets import account_id_matches as _account_id_matches  # the tests' old names
+from jigclu.secrets import secret_matches as _secret_matches
 
 __all__ = [
     "ValidationIssue",

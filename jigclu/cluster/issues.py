@@ -7,8 +7,9 @@ import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
-KeyPath = tuple[str | int, ...]
-Problem = tuple[KeyPath, str]
+from jigclu.secrets import KeyPath, Problem, format_key_path  # shared with the config scan
+
+__all__ = ["KeyPath", "Problem", "ValidationIssue", "format_key_path", "ray_version", "is_int", "short"]
 
 
 @dataclass(frozen=True)
@@ -23,17 +24,6 @@ class ValidationIssue:
         if self.key_path:
             return f"{self.file}: {self.key_path}: {self.message}"
         return f"{self.file}: {self.message}"
-
-
-def format_key_path(path: KeyPath) -> str:
-    """``("a", "b", 0, "c")`` -> ``"a.b[0].c"``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
 
 
 def ray_version() -> str:

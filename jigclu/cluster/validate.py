@@ -4,7 +4,8 @@ as a :class:`~jigclu.cluster.issues.ValidationIssue`.
 A document with ``apiVersion: ray.io/...`` is a KubeRay manifest (:mod:`jigclu.cluster.kuberay`);
 another Kubernetes object (``apiVersion`` and ``kind``: a ServiceAccount, ...) is only scanned
 for secrets; anything else is a Ray cluster-launcher config (:mod:`jigclu.cluster.launcher`).
-Every document and every raw line is scanned for secrets (:mod:`jigclu.cluster.secrets`).
+Every document and every raw line is scanned for secrets (:mod:`jigclu.secrets`, shared with the
+config scan).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from jigclu.cluster.issues import KeyPath, Problem, ValidationIssue, format_key_path
 from jigclu.cluster.kuberay import check_kuberay
 from jigclu.cluster.launcher import check_launcher
-from jigclu.cluster.secrets import account_id_matches, scan_secrets, secret_matches
+from jigclu.secrets import comment_secrets, scan_secrets
 
 
 def validate_files(paths: Sequence[str | Path]) -> list[ValidationIssue]:
@@ -66,11 +67,8 @@ def validate_text(text: str, file: str = "<text>") -> list[ValidationIssue]:
         )
     # Secrets in comments never reach the parsed documents: scan the raw lines for whatever
     # the structured scan did not already report.
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        for match, what in secret_matches(line) + account_id_matches(line):
-            if match not in structured_hits:
-                structured_hits.add(match)
-                issues.append(ValidationIssue(file, f"line {line_no}", f"{what} (in a comment)"))
+    issues.extend(ValidationIssue(file, f"line {line_no}", f"{what} (in a comment)")
+                  for line_no, what in comment_secrets(text, structured_hits))
     return issues
 
 

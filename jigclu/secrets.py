@@ -1,8 +1,12 @@
-"""The secrets scan: no cluster file may carry a credential or a real-looking AWS account id.
+"""The one secrets scan: no cluster file, run config or sweep may carry a credential.
 
-Parsed documents are scanned key by key (:func:`scan_secrets`); the raw lines are scanned too
-(:func:`secret_matches`, :func:`account_id_matches`), since a secret in a YAML comment never
-reaches the parsed document.
+Cluster YAMLs (:mod:`jigclu.cluster.validate`), run configs, ``key=value`` overrides and sweep
+files (:func:`jigclu.config.refuse_secrets`) all go through it. Parsed documents are scanned key
+by key (:func:`scan_secrets`); the raw lines are scanned too (:func:`comment_secrets`), since a
+secret in a YAML comment never reaches the parsed document. A match names where and what it
+looks like, never the matched text: a report must not echo the secret it found.
+Credentials belong in the environment (``AWS_ACCESS_KEY_ID``, ``GOOGLE_APPLICATION_CREDENTIALS``,
+...) or a cloud role, never in a file that gets copied, committed or written into a run.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from jigclu.cluster.issues import KeyPath, Problem
+KeyPath = tuple[str | int, ...]
+Problem = tuple[KeyPath, str]
 
 _SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "looks like an AWS access key id"),
@@ -23,6 +28,9 @@ _SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"""["']private_key(?:_id)?["']\s*:"""), "contains a GCP service-account key (JSON)"),
     (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), "looks like a Slack token"),
     (re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"), "looks like a Google API key"),
+    # user:secret@ in a URI; the secret may hold "/" (AWS keys do), but host:port/path@x is no secret
+    (re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]+:(?!\d*/)[^\s@'\"]+@"),
+     "embeds credentials in a URI (user:secret@)"),
 ]
 _SECRET_KEYS = {
     "aws_access_key_id", "aws_secret_access_key", "secret_access_key", "secretaccesskey",
@@ -66,6 +74,39 @@ def account_id_matches(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def comment_secrets(text: str, reported: set[str] | None = None) -> list[tuple[int, str]]:
+    """``(line number, what it looks like)`` for every credential in the raw lines of ``text``
+    that the structured scan did not already report (``reported``: its matched texts)."""
+    out: list[tuple[int, str]] = []
+    seen = set(reported or ())
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        for match, what in secret_matches(line) + account_id_matches(line):
+            if match not in seen:
+                seen.add(match)
+                out.append((line_no, what))
+    return out
+
+
+def redact(text: str, hits: set[str]) -> str:
+    """``text`` with every matched secret in it replaced by ``***`` (names such as
+    ``aws_secret_access_key`` stay: they say what was found, not what it is)."""
+    for hit in hits:
+        if hit.lower() not in _SECRET_KEYS:
+            text = text.replace(hit, "***")
+    return text
+
+
+def format_key_path(path: KeyPath) -> str:
+    """``("a", "b", 0, "c")`` -> ``"a.b[0].c"``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
 def _walk(obj: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, Any, Any]]:
     """Yield ``(path, key, value)`` for every entry; key is None for list items."""
     if isinstance(obj, dict):
@@ -78,9 +119,9 @@ def _walk(obj: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, Any, Any]]:
             yield from _walk(value, path + (i,))
 
 
-def scan_secrets(doc: Any) -> tuple[list[Problem], set[str]]:
+def scan_secrets(doc: Any, kind: str | None = "cluster files") -> tuple[list[Problem], set[str]]:
     """The problems in a parsed document, and the matched texts (so the raw-line scan of the
-    same file does not report them again)."""
+    same file does not report them again); ``kind`` names the files in the messages."""
     problems: list[Problem] = []
     hits: set[str] = set()
     for path, key, value in _walk(doc):
@@ -93,7 +134,8 @@ def scan_secrets(doc: Any) -> tuple[list[Problem], set[str]]:
                 problems.append((path, what))
         if isinstance(key, str) and key.lower().replace("-", "_") in _SECRET_KEYS:
             if isinstance(value, (str, int)) and not isinstance(value, bool) and not _is_placeholder(str(value)):
-                problems.append((path, "holds a credential; keep credentials out of cluster files"))
+                advice = f"; keep credentials out of {kind}" if kind else ""
+                problems.append((path, f"holds a credential{advice}"))
         if isinstance(key, str) and "account" in key.lower() and re.fullmatch(r"\d{12}", str(value)):
             if not _is_placeholder_account(str(value)):
                 hits.add(str(value))
