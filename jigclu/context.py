@@ -79,7 +79,12 @@ class LocalContext:
         return self.layout
 
     def load_state(self) -> dict[str, Any] | None:
-        return self.layout.load_latest() if self.resume else None
+        if not self.resume:
+            return None
+        state = self.layout.load_latest()
+        if self.is_main:
+            self.layout.restore_metrics(state)
+        return state
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         """Checkpoint first, then the metrics line, so metrics never run ahead of a checkpoint."""

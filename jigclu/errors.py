@@ -1,9 +1,17 @@
-"""User-facing errors.
+"""User-facing errors (and the one-line warning).
 
 Anything the user can fix (a bad config key, a missing dataset, a corrupt file) raises
 :class:`JigcluError`. The CLI prints its message as one line and exits non-zero; no
 traceback is shown for these. Everything else is a bug and keeps its traceback.
 """
+
+
+import sys
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (never a traceback)."""
+    print(f"jigclu: warning: {message}", file=sys.stderr, flush=True)
 
 
 class JigcluError(Exception):

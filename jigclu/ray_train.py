@@ -20,8 +20,8 @@ import logging
 import os
 import threading
 import time
-from contextlib import nullcontext
-from typing import Any, Callable
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
 
 from jigclu import storage
 from jigclu.config import RunConfig
@@ -48,15 +48,41 @@ ReportHook = Callable[[dict[str, Any], int], None]
 """Called on every worker after each report with ``(metrics, rank)`` (e.g. fault injection)."""
 
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by Ray's processes at start
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While a local Ray starts: node IP 127.0.0.1, so every process of it listens on loopback only.
+
+    Ray refuses ``_node_ip_address="127.0.0.1"`` (it resolves loopback to the routable IP) and
+    then binds GCS, raylet, workers and the metrics servers to all interfaces. Its local mode for
+    macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) uses 127.0.0.1 as the node IP
+    instead. That is set here only around a local start (the processes it spawns inherit it),
+    then undone, so a later connection to a real cluster from this process is untouched. A user
+    who sets the variable keeps theirs.
+    """
+    from ray._private import ray_constants
+
+    if _LOOPBACK_ENV in os.environ or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        os.environ.pop(_LOOPBACK_ENV, None)
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | None = None) -> bool:
     """Connect to a cluster (``address`` or ``RAY_ADDRESS``) or start a quiet local one.
 
-    A local Ray gets its dashboard process bound to 127.0.0.1: Train's placement-group
-    cleanup uses the State API, which only exists when the dashboard runs; without it a
-    stopped trial's workers leak their CPUs (``docs/architecture.md``, Ray pitfalls). Returns True when this call
-    started Ray.
+    A local Ray listens on 127.0.0.1 only (:func:`_loopback_node`), its dashboard included:
+    Train's placement-group cleanup uses the State API, which only exists when the dashboard
+    runs; without it a stopped trial's workers leak their CPUs (``docs/architecture.md``, Ray
+    pitfalls). Returns True when this call started Ray.
     """
     if ray.is_initialized():
         return False
@@ -67,8 +93,9 @@ def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | 
         ray.init(address=address, **common)
         return True
     # address="local": always a new local instance, never a stale cluster left in Ray's temp dir
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             object_store_memory=OBJECT_STORE_BYTES, **common)
+    with _loopback_node():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 object_store_memory=OBJECT_STORE_BYTES, **common)
     return True
 
 
@@ -102,17 +129,22 @@ class RayTrainContext:
         return self.layout
 
     def load_state(self) -> dict[str, Any] | None:
-        ckpt = ray.train.get_checkpoint()
-        try:
-            return state_from(ckpt)
-        except JigcluError as exc:  # the newest checkpoint is unreadable: fall back to an older one
-            newest = f"{ckpt.path.rstrip('/')}/" if ckpt is not None else None
-            state = self.layout.load_latest(skip=next((f for _e, f in self.layout.checkpoints()
-                                                       if newest and f.startswith(newest)), None))
-            if state is None:
-                raise
-            warn(f"{exc}; resuming from the previous checkpoint instead")
-            return state
+        state = self._load_state()
+        if ray.train.get_context().get_world_rank() == 0:
+            self.layout.restore_metrics(state)
+        return state
+
+    def _load_state(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint of the run directory, whether or not Ray registered it.
+
+        Ray's checkpoint is the newest its controller collected; a worker may have persisted newer
+        ones whose reports were still uncollected when its node died (2 epochs redone without
+        this: ``benchmarks/faults.py``). An unreadable newest one falls back to the previous one
+        with a warning (:meth:`RunLayout.load_latest`).
+        """
+        if ray.train.get_checkpoint() is None and not self.layout.has_checkpoint():
+            return None
+        return self.layout.load_latest()
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         metrics = {k: jsonable(v) for k, v in metrics.items()}

@@ -12,7 +12,9 @@ holds::
 
 Checkpoints are written atomically; when the newest one cannot be read (a disk that filled
 up, a truncated upload) :meth:`RunLayout.load_latest` warns and falls back to the previous
-one, so a run loses at most one more epoch instead of everything.
+one, so a run loses at most one more epoch instead of everything. A checkpoint whose pickle
+would import code is no damage but a planted file: the resume stops there with one line
+(:class:`~jigclu.checkpoint.UnsafeCheckpointError`), never falling back past it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hashlib
 import json
 import math
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,9 +30,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jigclu import storage
-from jigclu.checkpoint import load_checkpoint, save_checkpoint
+from jigclu.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from jigclu.config import save_config
-from jigclu.errors import ConfigError, JigcluError
+from jigclu.errors import ConfigError, JigcluError, warn
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -67,11 +68,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr (never a traceback)."""
-    print(f"jigclu: warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -145,13 +141,16 @@ class RunLayout:
         """The newest readable checkpoint's state (None when there is none).
 
         An unreadable newest checkpoint is skipped with a warning and the previous one is
-        used; only when every retained checkpoint is unreadable is that an error.
+        used; only when every retained checkpoint is unreadable is that an error. An unsafe
+        one (its pickle would import code) is an error at once.
         """
         found = [f for _e, f in self.checkpoints() if f != skip]
         errors = []
         for file in found:
             try:
                 state = load_checkpoint(file)
+            except UnsafeCheckpointError:  # planted, not damaged: stop, do not resume past it
+                raise
             except JigcluError as exc:
                 errors.append(str(exc))
                 continue
@@ -175,6 +174,13 @@ class RunLayout:
         if not storage.is_file(self.metrics):
             return []
         return [json.loads(line) for line in storage.read_text(self.metrics).splitlines() if line.strip()]
+
+    def restore_metrics(self, state: dict[str, Any] | None) -> None:
+        """Re-append the metrics line of the checkpoint's epoch when a crash between writing the
+        checkpoint and that line lost it (the checkpoint carries its epoch's metrics)."""
+        record = (state or {}).get("metrics")
+        if record and record.get("epoch") not in {m.get("epoch") for m in self.read_metrics()}:
+            self.append_metrics(record)
 
     def remove(self) -> None:
         storage.delete(self.root)
@@ -273,7 +279,7 @@ class SweepLayout:
         starts the sweep over). Setting it aside (``*.torn``, nothing deleted) lets the restore
         use the previous one. (On object stores uploads are whole, but the check is the same.)
         """
-        import pickle
+        import pickletools
 
         torn = []
         for name in storage.list_dir(self.root):
@@ -281,7 +287,12 @@ class SweepLayout:
                 continue
             try:
                 data = storage.read_bytes(self.file(name))
-                json.loads(data) if name.endswith(".json") else pickle.loads(data)
+                if name.startswith("experiment_state-"):
+                    json.loads(data)
+                else:  # a pickle, whatever its name says (search_gen_state-*.json is one too): read
+                    # the opcodes only (a whole pickle ends in STOP); nothing is imported or run
+                    for _opcode in pickletools.genops(data):
+                        pass
             except Exception:  # empty, truncated or otherwise unreadable
                 storage.move(self.file(name), self.file(name + ".torn"))
                 torn.append(name)

@@ -9,6 +9,11 @@ pyarrow speaks all of them, so every module resolves its locations here instead 
 Writes are atomic everywhere: on a local disk a temporary file in the same directory is
 fsynced and renamed into place; on an object store the object is uploaded whole and only then
 becomes visible (a PUT or a completed multipart upload), so a reader never sees half a file.
+
+Object stores go away for a while (an endpoint restarting, a dropped connection, throttling):
+every call to one retries such transient errors with backoff for up to
+``JIGCLU_STORAGE_RETRY_S`` seconds (default 120), with one warning line, before it fails with
+one :class:`StorageError` line.
 """
 
 from __future__ import annotations
@@ -16,12 +21,22 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from jigclu.errors import ConfigError
+from jigclu.errors import ConfigError, warn
+
+RETRY_ENV = "JIGCLU_STORAGE_RETRY_S"
+# what the AWS/GCS clients say when the endpoint is unreachable or overloaded (not: a missing
+# object, a denied request, a full disk)
+_TRANSIENT = re.compile(r"NETWORK_CONNECTION|curlCode|couldn't connect|connection refused|connection reset|"
+                        r"timed out|timeout|SERVICE_UNAVAILABLE|slow ?down|\b503\b|INTERNAL_FAILURE|broken pipe", re.I)
+T = TypeVar("T")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -88,6 +103,34 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
         raise StorageError(f"storage {location}: {_first_line(exc)}") from None
 
 
+def _retrying(location: str | Path, what: str, call: Callable[[], T]) -> T:
+    """``call()``; on an object store, transient errors are retried with backoff (module doc)."""
+    if is_local(location):
+        return call()
+    budget = float(os.environ.get(RETRY_ENV, "120"))
+    deadline, delay, warned = time.monotonic() + budget, 0.5, False
+    while True:
+        try:
+            return call()
+        except (OSError, pa.ArrowException) as exc:
+            if isinstance(exc, FileNotFoundError) or not _TRANSIENT.search(str(exc)) or \
+                    time.monotonic() + delay > deadline:
+                raise
+            if not warned:
+                warn(f"storage unreachable ({what} {location}: {_first_line(exc)}); retrying for up to {budget:.0f} s")
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
+def _info(location: str | Path) -> pafs.FileInfo:
+    fs, path = resolve(location)
+    try:
+        return _retrying(location, "look up", lambda: fs.get_file_info(path))
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot look up {location}: {_first_line(exc)}") from None
+
+
 def display(fs: pafs.FileSystem, path: str) -> str:
     """A location as the user would write it (scheme included for remote filesystems)."""
     if isinstance(fs, pafs.LocalFileSystem):
@@ -97,33 +140,33 @@ def display(fs: pafs.FileSystem, path: str) -> str:
 
 
 def exists(location: str | Path) -> bool:
-    fs, path = resolve(location)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return _info(location).type != pafs.FileType.NotFound
 
 
 def is_file(location: str | Path) -> bool:
-    fs, path = resolve(location)
-    return fs.get_file_info(path).type == pafs.FileType.File
+    return _info(location).type == pafs.FileType.File
 
 
 def is_dir(location: str | Path) -> bool:
     """A directory (on an object store: a prefix that holds objects)."""
-    fs, path = resolve(location)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return _info(location).type == pafs.FileType.Directory
 
 
 def mtime(location: str | Path) -> float | None:
     """When ``location`` was last written (unix seconds); None when it does not exist."""
-    fs, path = resolve(location)
-    info = fs.get_file_info(path)
+    info = _info(location)
     return None if info.type == pafs.FileType.NotFound or info.mtime_ns is None else info.mtime_ns / 1e9
 
 
 def read_bytes(location: str | Path) -> bytes:
     fs, path = resolve(location)
-    try:
+
+    def read() -> bytes:
         with fs.open_input_stream(path) as fh:
             return fh.read()
+
+    try:
+        return _retrying(location, "read", read)
     except FileNotFoundError:
         raise StorageError(f"not found: {location}") from None
     except (OSError, pa.ArrowException) as exc:
@@ -142,10 +185,14 @@ def write_atomic(location: str | Path, data: bytes | str) -> str:
         _write_local(local, payload)
         return str(local)
     fs, path = resolve(location)
-    try:
+
+    def upload() -> None:
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as fh:  # visible only once the upload completes
             fh.write(payload)
+
+    try:
+        _retrying(location, "write", upload)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot write {location}: {_first_line(exc)}") from None
     return str(location)
@@ -171,11 +218,22 @@ def write_atomic_with(location: str | Path, write, suffix: str = "") -> str:
             os.replace(tmp, local)
         else:
             write_atomic(location, Path(tmp).read_bytes())
-    except OSError as exc:
-        raise StorageError(f"cannot write {location}: {exc.strerror or exc}") from None
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+        raise StorageError(f"cannot write {location}: {_write_failure(exc, Path(tmp).parent)}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return str(location)
+
+
+def _write_failure(exc: BaseException, directory: Path) -> str:
+    """Why a write failed, in words (a full disk says so even when the writer did not)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    try:
+        full = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize < (1 << 20)
+    except OSError:
+        full = False
+    return "No space left on device" if full else _first_line(exc)
 
 
 def append_line(location: str | Path, line: str) -> None:
@@ -183,11 +241,23 @@ def append_line(location: str | Path, line: str) -> None:
     local = local_path(location)
     text = line if line.endswith("\n") else line + "\n"
     if local is not None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with open(local, "a") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(local, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                end = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    data = text.encode()
+                    while data:
+                        data = data[os.write(fd, data):]
+                    os.fsync(fd)
+                except OSError:  # a full disk: leave no half line behind
+                    os.ftruncate(fd, end)
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot write {location}: {exc.strerror or exc}") from None
         return
     old = read_bytes(location) if exists(location) else b""
     write_atomic(location, old + text.encode())
@@ -197,7 +267,7 @@ def list_dir(location: str | Path) -> list[str]:
     """Names directly inside ``location`` (empty when it does not exist)."""
     fs, path = resolve(location)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        infos = _retrying(location, "list", lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot list {location}: {_first_line(exc)}") from None
     return sorted(info.base_name for info in infos)
@@ -206,11 +276,13 @@ def list_dir(location: str | Path) -> list[str]:
 def delete(location: str | Path) -> None:
     """Remove a file or a directory tree (nothing when it does not exist)."""
     fs, path = resolve(location)
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif kind == pafs.FileType.File:
-        fs.delete_file(path)
+    kind = _info(location).type
+    remove = fs.delete_dir if kind == pafs.FileType.Directory else fs.delete_file
+    if kind != pafs.FileType.NotFound:
+        try:
+            _retrying(location, "delete", lambda: remove(path))
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot delete {location}: {_first_line(exc)}") from None
 
 
 def move(source: str | Path, target: str | Path) -> None:
@@ -218,7 +290,7 @@ def move(source: str | Path, target: str | Path) -> None:
     fs, src = resolve(source)
     _fs, dst = resolve(target)
     try:
-        fs.move(src, dst)
+        _retrying(source, "move", lambda: fs.move(src, dst))
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot move {source} to {target}: {_first_line(exc)}") from None
 

@@ -50,14 +50,7 @@ class S3Endpoint:
         self.log = open(workdir / "moto.log", "w")
         self.proc = subprocess.Popen([os.path.join(VENV_BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(self._up, 30, "the S3 endpoint")
-
-    def _up(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
+        _wait(lambda: _listening(self.port), 30, "the S3 endpoint")
 
     def filesystem(self, **options):  # -> pyarrow.fs.S3FileSystem
         import pyarrow.fs as pafs
@@ -182,6 +175,69 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 in front of ``target_port``, in its own process.
+
+    :meth:`stop` kills it (new connections are refused, open ones are cut) and :meth:`start`
+    brings it back on the same port: an endpoint outage that keeps the endpoint's data.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.port = target_port, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "proxy", str(self.port), str(self.target_port)],
+                                     start_new_session=True)
+        _wait(lambda: _listening(self.port), 30, "the TCP proxy", interval=0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc)
+            self.proc = None
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _serve_proxy(port: int, target: int) -> None:
+    import threading
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen(64)
+    while True:
+        client, _ = server.accept()
+        try:
+            upstream = socket.create_connection(("127.0.0.1", target))
+        except OSError:
+            client.close()
+            continue
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+
 def raylet_of(pid: int) -> int:
     """The raylet that started worker process ``pid`` (its nearest ``raylet`` ancestor)."""
     import psutil
@@ -192,3 +248,7 @@ def raylet_of(pid: int) -> int:
             return proc.pid
         proc = proc.parent()
     raise LookupError(f"no raylet above pid {pid}")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["proxy"]:
+    _serve_proxy(int(sys.argv[2]), int(sys.argv[3]))

@@ -123,13 +123,13 @@ def _optuna_storage(sweep: Sweep, layout: SweepLayout) -> Any:
 def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune.Tuner:
     """A fresh Tuner for the sweep (searcher, scheduler, limiter, storage)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.searcher import ResumableLimiter, ResumableOptunaSearch
 
     spec = sweep.spec
-    searcher = OptunaSearch(space=sweep.define_by_run(), metric=sweep.metric, mode=spec.mode, seed=spec.seed,
-                            study_name=spec.name, storage=_optuna_storage(sweep, layout))
-    limited = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+    searcher = ResumableOptunaSearch(space=sweep.define_by_run(), metric=sweep.metric, mode=spec.mode, seed=spec.seed,
+                                     study_name=spec.name, storage=_optuna_storage(sweep, layout))
+    limited = ResumableLimiter(searcher, max_concurrent=spec.max_concurrent)
     if spec.scheduler.type == "asha":
         max_t = sweep.max_t
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
@@ -180,6 +180,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     import optuna
 
     from tune.live import SweepProgress, StudyPublisher
+    from tune.searcher import fail_abandoned
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     layout = sweep_layout(sweep)
@@ -205,6 +206,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
         tuner = build_tuner(sweep, layout, callbacks)
     with callbacks[0]:
         grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors == len(grid):  # every trial ended (not a Ctrl-C)
+        fail_abandoned(optuna.load_study(study_name=sweep.spec.name, storage=_optuna_storage(sweep, layout)))
     layout.publish_study()
     if existed:
         layout.set_aside_orphans({r.path.rstrip("/").rsplit("/", 1)[-1] for r in grid if getattr(r, "path", None)})

@@ -26,6 +26,7 @@ from jigclu.config import RunConfig
 from jigclu.context import RunContext
 from jigclu.errors import ConfigError, TrainingError
 from jigclu.progress import TrainProgress
+from jigclu.runs import jsonable
 from jigclu.trainers.common import seed_everything
 
 StepResult = tuple[Tensor, dict[str, Any], int]
@@ -129,6 +130,7 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
                 "task": task.name, "model": task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
                 "scheduler": task.scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
                 "config": task.cfg.model_dump(mode="json"), "world_size": dist.world_size(), **task.extra_state(),
+                "metrics": {k: jsonable(v) for k, v in metrics.items()},  # a lost metrics line is restored from it
             }
             ctx.report(metrics, checkpoint)
             summary["epochs_run"] += 1

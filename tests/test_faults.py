@@ -1,0 +1,84 @@
+"""The cheap rows of the fault matrix (``benchmarks/faults.py``), run as tests.
+
+Each starts the real ``jigclu`` command in a child process, injects its fault from outside at a
+seeded random moment, and checks what the matrix checks: the run finishes (by itself or with
+``--resume``), at most one completed epoch is trained again, every retained checkpoint loads with
+no temporary file beside it, the user saw one line and no traceback, no epoch is missing.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import faults  # noqa: E402
+import faults_ray  # noqa: E402
+
+
+def _check(row: faults.Row) -> None:
+    assert row.ok, row
+    assert row.redone is not None and row.redone <= 1, row
+    assert row.data_lost == "none", row
+
+
+def test_ctrl_c_mid_epoch_then_resume(tmp_path):
+    row = faults.row_sigint(tmp_path, random.Random(1))
+    _check(row)
+    assert row.user_saw == "`jigclu: interrupted`" and row.redone == 0
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    row = faults.row_truncated(tmp_path, random.Random(2))
+    _check(row)
+    assert row.user_saw.startswith("`jigclu: warning: checkpoint") and row.redone == 1
+
+
+def test_disk_full_fails_in_one_line_and_resumes_once_there_is_room(tmp_path):
+    row = faults.row_enospc(tmp_path, random.Random(3))
+    if row.outcome.startswith("skipped"):
+        pytest.skip(row.outcome)
+    _check(row)
+    assert row.outcome.startswith("exit 2; resumed") and "No space left" in row.user_saw
+
+
+def test_s3_endpoint_outage_is_ridden_out(tmp_path):
+    # 20 s: longer than the AWS client's own retries, so jigclu's (storage.RETRY_ENV) are needed
+    row = faults.row_s3_outage(tmp_path, random.Random(4), outage_s=20.0)
+    _check(row)
+    assert row.outcome == "finished through the outage" and "storage unreachable" in row.user_saw
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigkilled_train_worker_mid_step_is_replaced(ray_local, tmp_path):
+    # on the session's Ray: a second local Ray on the machine confuses Ray's own State API lookups
+    address = ray_local.get_runtime_context().gcs_address
+    _check(faults_ray.row_worker_kill(tmp_path, random.Random(5), address=address))
+
+
+def test_a_metrics_line_that_does_not_fit_leaves_the_file_as_it_was(tmp_path):
+    """The append of a metrics line on a full disk: one StorageError line, no half line left."""
+    import os
+    import subprocess
+
+    from jigclu import storage
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        metrics = mnt / "metrics.jsonl"
+        storage.append_line(metrics, '{"epoch": 0}')
+        (mnt / "filler").write_bytes(b"\0" * (os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize))
+        with pytest.raises(storage.StorageError, match="No space left"):
+            storage.append_line(metrics, '{"epoch": 1, "pad": "' + "x" * 20000 + '"}')
+        assert metrics.read_text() == '{"epoch": 0}\n'
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
