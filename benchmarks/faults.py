@@ -111,16 +111,17 @@ def row_enospc(work: Path, rng: random.Random) -> Row:
     return row
 
 
-def row_s3_outage(work: Path, rng: random.Random, outage_s: float = 20.0) -> Row:
+def row_s3_outage(work: Path, rng: random.Random, outage_s: float = 20.0, workers: int = 0) -> Row:
     """The S3 endpoint stops answering for ``outage_s`` mid-run (connections refused), then returns."""
-    row, t0 = Row(f"S3 endpoint down {outage_s:.0f} s mid-run", "pretrain, 1 process, s3://"), time.time()
+    run = f"pretrain, {workers} Ray Train workers, s3://" if workers else "pretrain, 1 process, s3://"
+    row, t0 = Row(f"S3 endpoint down {outage_s:.0f} s mid-run", run), time.time()
     s3 = cluster_box.S3Endpoint(work)
     proxy = None
     try:
         s3.create_bucket("runs")
         proxy = cluster_box.TcpProxy(s3.port)
         env = {**s3.env, "AWS_ENDPOINT_URL": proxy.url}
-        args, run_dir = pretrain_args("s3://runs/out", "outage"), "s3://runs/out/outage"
+        args, run_dir = pretrain_args("s3://runs/out", "outage", f"scaling.workers={workers}"), "s3://runs/out/outage"
         os.environ.update(env)  # this process reads the run back through the same endpoint
         cmd = Command(args, work, env)
         per_epoch = wait_for_epochs(run_dir, 2, cmd)
@@ -146,6 +147,7 @@ def row_s3_outage(work: Path, rng: random.Random, outage_s: float = 20.0) -> Row
 
 ROWS: dict[str, Callable[[Path, random.Random], Row]] = {
     "sigint": row_sigint, "truncated": row_truncated, "enospc": row_enospc, "s3": row_s3_outage,
+    "s3-ray": lambda work, rng: row_s3_outage(work, rng, workers=2),
     "worker": faults_ray.row_worker_kill, "node": faults_ray.row_node_kill, "sweep": faults_ray.row_sweep_driver_kill,
 }
 

@@ -27,6 +27,7 @@ from jigclu import storage
 from jigclu.config import RunConfig
 from jigclu.context import checkpoint_dir, state_in
 from jigclu.errors import ConfigError, JigcluError
+from jigclu.retrying_fs import retrying_filesystem
 from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root,
                          warn)
 from jigclu.trainers import epoch_line, run_task
@@ -264,7 +265,7 @@ def ray_storage(root: str) -> dict[str, Any]:
     if storage.is_local(root):
         return {"storage_path": storage.normalise(root)}
     fs, path = storage.resolve(root)
-    return {"storage_path": path, "storage_filesystem": fs}
+    return {"storage_path": path, "storage_filesystem": retrying_filesystem(fs)}  # rides out an outage
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -103,7 +103,7 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
         raise StorageError(f"storage {location}: {_first_line(exc)}") from None
 
 
-def _retrying(location: str | Path, what: str, call: Callable[[], T]) -> T:
+def retrying(location: str | Path, what: str, call: Callable[[], T]) -> T:
     """``call()``; on an object store, transient errors are retried with backoff (module doc)."""
     if is_local(location):
         return call()
@@ -126,7 +126,7 @@ def _retrying(location: str | Path, what: str, call: Callable[[], T]) -> T:
 def _info(location: str | Path) -> pafs.FileInfo:
     fs, path = resolve(location)
     try:
-        return _retrying(location, "look up", lambda: fs.get_file_info(path))
+        return retrying(location, "look up", lambda: fs.get_file_info(path))
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot look up {location}: {_first_line(exc)}") from None
 
@@ -166,7 +166,7 @@ def read_bytes(location: str | Path) -> bytes:
             return fh.read()
 
     try:
-        return _retrying(location, "read", read)
+        return retrying(location, "read", read)
     except FileNotFoundError:
         raise StorageError(f"not found: {location}") from None
     except (OSError, pa.ArrowException) as exc:
@@ -192,7 +192,7 @@ def write_atomic(location: str | Path, data: bytes | str) -> str:
             fh.write(payload)
 
     try:
-        _retrying(location, "write", upload)
+        retrying(location, "write", upload)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot write {location}: {_first_line(exc)}") from None
     return str(location)
@@ -267,7 +267,7 @@ def list_dir(location: str | Path) -> list[str]:
     """Names directly inside ``location`` (empty when it does not exist)."""
     fs, path = resolve(location)
     try:
-        infos = _retrying(location, "list", lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+        infos = retrying(location, "list", lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot list {location}: {_first_line(exc)}") from None
     return sorted(info.base_name for info in infos)
@@ -280,7 +280,7 @@ def delete(location: str | Path) -> None:
     remove = fs.delete_dir if kind == pafs.FileType.Directory else fs.delete_file
     if kind != pafs.FileType.NotFound:
         try:
-            _retrying(location, "delete", lambda: remove(path))
+            retrying(location, "delete", lambda: remove(path))
         except (OSError, pa.ArrowException) as exc:
             raise StorageError(f"cannot delete {location}: {_first_line(exc)}") from None
 
@@ -290,7 +290,7 @@ def move(source: str | Path, target: str | Path) -> None:
     fs, src = resolve(source)
     _fs, dst = resolve(target)
     try:
-        _retrying(source, "move", lambda: fs.move(src, dst))
+        retrying(source, "move", lambda: fs.move(src, dst))
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot move {source} to {target}: {_first_line(exc)}") from None
 
@@ -348,6 +348,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["StorageError", "is_uri", "is_local", "local_path", "normalise", "join", "parent", "resolve", "display",
+__all__ = ["StorageError", "retrying", "is_uri", "is_local", "local_path", "normalise", "join", "parent", "resolve", "display",
            "exists", "is_file", "is_dir", "mtime", "read_bytes", "read_text", "write_atomic", "write_atomic_with",
            "append_line", "list_dir", "delete", "move", "download", "check_writable"]

@@ -82,3 +82,35 @@ def test_a_metrics_line_that_does_not_fit_leaves_the_file_as_it_was(tmp_path):
         assert metrics.read_text() == '{"epoch": 0}\n'
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_the_filesystem_ray_gets_rides_out_an_outage(tmp_path):
+    """What Ray Train and Tune write through (``ray_storage``'s filesystem) survives an endpoint
+    that refuses connections for longer than the AWS client's own retries."""
+    import threading
+
+    import cluster_box
+    import pyarrow.fs as pafs
+
+    from jigclu.retrying_fs import retrying_filesystem
+
+    s3 = cluster_box.S3Endpoint(tmp_path)
+    proxy = cluster_box.TcpProxy(s3.port)
+    back = threading.Timer(12.0, proxy.start)  # back after 12 s, while the calls below wait
+    try:
+        s3.create_bucket("runs")
+        fs = retrying_filesystem(pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                                                   endpoint_override=f"127.0.0.1:{proxy.port}", scheme="http"))
+        proxy.stop()
+        back.start()
+        with fs.open_output_stream("runs/trial/checkpoint_manager_snapshot.json") as out:
+            out.write(b'{"epoch": 3}')
+        assert fs.get_file_info("runs/trial/checkpoint_manager_snapshot.json").size == 12
+        with fs.open_input_stream("runs/trial/checkpoint_manager_snapshot.json") as fh:
+            assert fh.read() == b'{"epoch": 3}'
+    finally:
+        back.cancel()
+        if back.is_alive():
+            back.join()
+        proxy.stop()
+        s3.stop()
