@@ -8,12 +8,14 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # pytest workers etc. stay modest: CI has 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: setup data test test-fast demo demo-pretrain bench bench-quality clean help
+.PHONY: setup data test test-fast demo demo-pretrain bench bench-quality faults gpu-check clean help
 
 help:
 	@echo "make demo   - set up, then run the demo (real data, short run, report)"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the speed benchmarks (writes benchmarks/RESULTS.md)"
+	@echo "make faults - set up, then run the fault matrix (faults injected from outside; ~8 min)"
+	@echo "make gpu-check - set up, then check the CUDA path (2-rank global montage, augment, bf16, img/s, memory)"
 
 setup: $(STAMP) data
 
@@ -58,6 +60,14 @@ bench: setup
 
 bench-quality: setup
 	$(BIN)/python benchmarks/quality.py
+
+# Faults injected from outside a real run (kill, Ctrl-C, full disk, S3 outage...): ## Fault matrix
+faults: setup
+	$(BIN)/python benchmarks/faults.py
+
+# One prepared check for a machine with CUDA (under 5 minutes); prints one line and passes without one.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs sweeps .pytest_cache

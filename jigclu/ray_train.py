@@ -243,8 +243,10 @@ def remove_orphaned_worker_groups(cfg: RunConfig, before: set[str], wait_s: floa
         if not candidates:
             return removed
         try:
-            occupied = {a.placement_group_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10000,
-                                                                    raise_on_missing_output=False)}
+            # this cluster by address: with none, the State API refuses when a second Ray runs on the machine
+            actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                                 limit=10000, raise_on_missing_output=False)
+            occupied = {a.placement_group_id for a in actors}
         except Exception:  # no State API (no dashboard): leave it to Ray
             return removed
         for pg_id in candidates:

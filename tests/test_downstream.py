@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from jigclu.trainers.finetune import run_finetune
 from jigclu.trainers.knn import knn_predict, topk_accuracy
 from jigclu.trainers.linear import run_linear
 from jigclu.trainers.pretrain import run_pretrain
-from jigclu.trainers.semi import SUBSET_FILE, read_label_file, run_semi
+from jigclu.trainers.loop import run
+from jigclu.trainers.semi import SUBSET_FILE, SemiTask, read_label_file, run_semi
 
 DATA = ["data.dataset=digits", "data.image_size=32", "model.width=8", "jigsaw.crop_size=32",
         "train.progress=false"]
@@ -95,17 +97,50 @@ def test_linear_resumes_after_crash(tmp_path, pretrained):
 
 # --------------------------------------------------------------------------------------------- semi
 
+class MeasuredSemi(SemiTask):
+    """Semi on the real loop, measuring the learning rate each step actually applied to the
+    backbone's and the classifier's parameters (picked by module, not by optimizer group)."""
+
+    applied: list[tuple[int, float, float]]
+
+    def step(self, batch, epoch, step):
+        self.at = epoch
+        self.before = {p: p.detach().clone() for p in self.model.parameters()}
+        return super().step(batch, epoch, step)
+
+    def after_step(self) -> None:
+        super().after_step()
+        # SGD without nesterov moves each parameter by lr * momentum_buffer (weight decay and
+        # momentum are inside the buffer): the applied lr is the delta over the buffer
+        lrs = [self.applied_lr(module) for module in (self.model.backbone, self.model.classifier)]
+        self.applied = getattr(self, "applied", []) + [(self.at, *lrs)]
+
+    def applied_lr(self, module: torch.nn.Module) -> float:
+        deltas, bufs = [], []
+        for p in module.parameters():
+            buf = self.optimizer.state[p]["momentum_buffer"]
+            deltas.append((self.before[p] - p.detach()).double().flatten())
+            bufs.append(buf.double().flatten())
+        delta, buf = torch.cat(deltas), torch.cat(bufs)
+        lr = float(delta @ buf / (buf @ buf))
+        torch.testing.assert_close(delta, lr * buf, rtol=0, atol=1e-6 * max(lr, 1.0))  # one lr for every parameter
+        return lr
+
+
 def test_semi_keeps_two_learning_rates_every_epoch(tmp_path, pretrained):
     cfg = cfg_for(tmp_path, f"eval.pretrained={pretrained}", "eval.epochs=4", "eval.milestones=[1,3]",
-                  "eval.lr=0.01", "eval.classifier_lr=0.2", "eval.labels=20%")
-    run_semi(cfg, LocalContext(tmp_path / "semi", progress=False))
-    metrics = read_metrics(tmp_path / "semi")
+                  "eval.lr=0.01", "eval.classifier_lr=0.2", "eval.labels=20%", "train.steps_per_epoch=2")
+    task = MeasuredSemi()
+    run(task, cfg, LocalContext(tmp_path / "semi", progress=False))
     scale = [1.0, 0.1, 0.1, 0.01]
+    assert [e for e, _b, _c in task.applied] == [0, 0, 1, 1, 2, 2, 3, 3]
+    # the update each parameter really got: backbone at eval.lr, classifier at eval.classifier_lr
+    assert [b for _e, b, _c in task.applied] == pytest.approx([0.01 * s for s in scale for _ in "xx"], rel=1e-3)
+    assert [c for _e, _b, c in task.applied] == pytest.approx([0.2 * s for s in scale for _ in "xx"], rel=1e-3)
+    metrics = read_metrics(tmp_path / "semi")
     assert [m["lr_backbone"] for m in metrics] == pytest.approx([0.01 * s for s in scale])
     assert [m["lr_classifier"] for m in metrics] == pytest.approx([0.2 * s for s in scale])
     state = load_checkpoint(tmp_path / "semi")
-    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
-    assert groups["backbone"]["initial_lr"] == 0.01 and groups["classifier"]["initial_lr"] == 0.2
     # the whole network trained (BN statistics included)
     before, after = backbone_of(load_checkpoint(pretrained)), backbone_of(state)
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
@@ -140,6 +175,23 @@ def test_semi_label_subset_is_balanced_saved_and_seeded(tmp_path):
         assert n == round(0.1 * sizes[cls])
     # the saved file is itself a valid labels file
     assert read_label_file(str(tmp_path / "a" / SUBSET_FILE), train).tolist() == a
+
+
+@pytest.mark.parametrize("task", ["linear", "semi"])
+def test_bf16_autocast_downstream_epoch_on_cpu(tmp_path, pretrained, task):
+    """train.amp=bf16 on CPU: a finite first-step loss near fp32's (and not fp32's own), finite val scores."""
+    runner = {"linear": run_linear, "semi": run_semi}[task]
+    first = {}
+    for amp in ("none", "bf16"):
+        cfg = cfg_for(tmp_path, f"eval.pretrained={pretrained}", "eval.epochs=1", "train.steps_per_epoch=1",
+                      "eval.labels=20%", f"train.amp={amp}", "device=cpu", f"name={task}-{amp}")
+        runner(cfg, LocalContext(tmp_path / f"{task}-{amp}", progress=False))
+        metrics = read_metrics(tmp_path / f"{task}-{amp}")
+        assert [m["epoch"] for m in metrics] == [0]
+        first[amp] = metrics[0]["train_loss"]  # one step: the epoch's loss is the first step's
+        assert all(math.isfinite(metrics[0][k]) for k in ("train_loss", "val_loss", "val_top1"))
+    assert first["bf16"] == pytest.approx(first["none"], rel=0.05)
+    assert first["bf16"] != first["none"], "bf16 gave fp32's loss to the last bit: autocast did not run"
 
 
 # ----------------------------------------------------------------------------------------- finetune
@@ -292,3 +344,19 @@ def test_help_of_every_downstream_command(capsys):
     out = capsys.readouterr().out
     for command in ("linear", "semi", "finetune", "knn", "export", "--labels", "--protocol", "--checkpoint"):
         assert command in out
+
+
+def test_jigclu_help_lists_every_downstream_command():
+    """The real parser (no test patches its command registration) and the real entry point."""
+    import argparse
+    import re
+    import subprocess
+    import sys
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"linear", "semi", "finetune", "knn", "export"} <= set(commands)
+    out = subprocess.run([sys.executable, "-m", "jigclu.cli", "--help"], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    for command in ("pretrain", "linear", "semi", "finetune", "knn", "export", "tune"):
+        assert re.search(rf"^\s+{command}\s+\S", out, re.M), f"{command} missing from jigclu --help:\n{out}"

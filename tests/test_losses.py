@@ -75,14 +75,23 @@ def test_gradients_finite_and_module_matches():
     assert loss.item() == pytest.approx(sup_clu_loss(z.detach(), y, 0.3).item())
 
 
-def test_jigclu_loss_weights():
-    z = F.normalize(torch.randn(16, 8), dim=1)
-    logits = torch.randn(16, 4)
+@pytest.mark.parametrize("wrong,expected", [(4, 0.75), (12, 0.25), (0, 1.0)])
+def test_jigclu_loss_weights(wrong, expected):
+    g = torch.Generator().manual_seed(wrong)
+    z = F.normalize(torch.randn(16, 8, generator=g), dim=1)
     y_clu, y_loc = torch.arange(4).repeat(4), torch.arange(4).repeat_interleave(4)
+    # location logits whose argmax is right for all but `wrong` patches
+    predicted = y_loc.clone()
+    miss = torch.randperm(16, generator=g)[:wrong]
+    predicted[miss] = (y_loc[miss] + 1 + torch.randint(0, 3, (wrong,), generator=g)) % 4
+    logits = torch.randn(16, 4, generator=g) + 5.0 * F.one_hot(predicted, 4)
+    assert (logits.argmax(1) == y_loc).float().mean().item() == expected  # the crafted accuracy
     out = JigCluLoss(w_clu=0.5, w_loc=2.0, temperature=0.3)(z, logits, y_clu, y_loc)
     expect = 0.5 * sup_clu_loss(z, y_clu, 0.3) + 2.0 * F.cross_entropy(logits, y_loc)
     torch.testing.assert_close(out["loss"], expect)
-    assert 0.0 <= out["loc_acc"].item() <= 1.0
+    torch.testing.assert_close(out["loss_clu"], sup_clu_loss(z, y_clu, 0.3))
+    torch.testing.assert_close(out["loss_loc"], F.cross_entropy(logits, y_loc))
+    assert out["loc_acc"].item() == expected
 
 
 def test_shape_errors():

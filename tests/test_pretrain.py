@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ def tiny_cfg(tmp_path: Path, *extra: str):
     return load_config(None, TINY + [f"output_dir={tmp_path}", *extra])
 
 
+@pytest.mark.slow  # about 2 minutes on 2 CPU cores
 def test_pretraining_on_digits_learns(tmp_path):
     """~260 steps on real digits: the loss falls and location accuracy leaves chance (25%) far behind."""
     cfg = load_config(None, ["data.dataset=digits", "data.image_size=32", "data.batch_size=64",
@@ -75,12 +77,33 @@ def test_resume_after_crash_reaches_the_same_state(tmp_path):
     assert la == pytest.approx(lb, rel=1e-4)
 
 
-def test_grid_3_and_4_train(tmp_path):
-    for m, crop in ((3, 36), (4, 32)):
-        cfg = tiny_cfg(tmp_path, f"model.grid={m}", f"jigsaw.crop_size={crop}", "train.epochs=1",
-                       f"name=g{m}")
-        summary = run_pretrain(cfg, LocalContext(tmp_path / f"g{m}", progress=False))
-        assert torch.isfinite(torch.tensor(summary["last"]["loss"]))
+@pytest.mark.parametrize("m,crop", [(3, 36), (4, 32)])
+def test_grid_3_and_4_learn(tmp_path, m, crop):
+    """48 steps on fresh digits (~5 s): both losses fall and location accuracy leaves chance (1/m^2)."""
+    cfg = tiny_cfg(tmp_path, f"model.grid={m}", f"jigsaw.crop_size={crop}", "data.limit=256", "train.epochs=6",
+                   "optim.lr=0.5", "jigsaw.cross_ratio=0.1", f"name=g{m}")
+    run_pretrain(cfg, LocalContext(tmp_path / f"g{m}", progress=False))
+    metrics = read_metrics(tmp_path / f"g{m}")
+    first, last = metrics[0], metrics[-1]
+    chance = 100.0 / m ** 2
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics)
+    assert last["loss"] < first["loss"] - 0.2, [r["loss"] for r in metrics]
+    # cross-entropy of a uniform guess is ln(m^2): the location head must do clearly better
+    assert last["loss_loc"] < math.log(m * m) - 0.2, [r["loss_loc"] for r in metrics]
+    assert last["loc_acc"] > 1.5 * chance, f"grid {m}: location accuracy {last['loc_acc']:.1f}% (chance {chance:.1f}%)"
+
+
+def test_bf16_autocast_pretrains_on_cpu(tmp_path):
+    """train.amp=bf16 on CPU: the first step's loss is finite, near fp32's, and not fp32's own."""
+    first = {}
+    for amp in ("none", "bf16"):
+        cfg = tiny_cfg(tmp_path, f"train.amp={amp}", "train.epochs=1", "train.steps_per_epoch=1", "device=cpu",
+                       f"name={amp}")
+        summary = run_pretrain(cfg, LocalContext(tmp_path / amp, progress=False))
+        first[amp] = summary["last"]["loss"]  # one step: the epoch's loss is the first step's
+    assert math.isfinite(first["bf16"])
+    assert first["bf16"] == pytest.approx(first["none"], rel=0.05)
+    assert first["bf16"] != first["none"], "bf16 gave fp32's loss to the last bit: autocast did not run"
 
 
 def test_atomic_checkpoint_keeps_previous_on_failure(tmp_path, monkeypatch):
@@ -147,6 +170,40 @@ def test_nan_loss_stops_without_a_checkpoint(tmp_path, capsys):
     code, err = run_cli(capsys, *TINY, f"output_dir={tmp_path}", "name=nan", "loss.temperature=1e-40")
     assert code == 2 and "loss became nan" in err.lower() and len(err.splitlines()) == 1
     assert not (tmp_path / "nan").exists()
+
+
+def test_nan_after_checkpointed_epochs_keeps_them_and_resumes(tmp_path, capsys, monkeypatch):
+    """The loss turns NaN at epoch 2 of a run that checkpointed epochs 0 and 1: one error line,
+    both checkpoints kept and loadable, and --resume continues from epoch 2."""
+    from jigclu.trainers.pretrain import PretrainTask
+
+    healthy = PretrainTask.step
+
+    def nan_from_epoch_2(self, batch, epoch, step):
+        loss, stats, images = healthy(self, batch, epoch, step)
+        return (loss * float("nan") if epoch >= 2 else loss), stats, images
+
+    args = [*TINY, f"output_dir={tmp_path}", "name=late", "train.epochs=4", "train.steps_per_epoch=2"]
+    with monkeypatch.context() as patch:
+        patch.setattr(PretrainTask, "step", nan_from_epoch_2)
+        code, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "loss became nan at epoch 2 step 0" in err.lower()
+    run = tmp_path / "late"
+    assert [m["epoch"] for m in read_metrics(run)] == [0, 1]
+    layout = RunLayout(str(run))
+    assert [e for e, _f in layout.checkpoints()] == [1, 0]
+    for epoch, file in layout.checkpoints():
+        state = load_checkpoint(file)
+        assert state["epoch"] == epoch and state["global_step"] == 2 * (epoch + 1)
+
+    code, err = run_cli(capsys, *args, "--resume")
+    assert code == 0, err
+    metrics = read_metrics(run)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]  # picked up at the last good checkpoint + 1
+    assert [m["step"] for m in metrics] == [2, 4, 6, 8]
+    assert load_checkpoint(layout.latest_checkpoint())["epoch"] == 3
 
 
 def test_existing_run_needs_resume(tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from jigclu.checkpoint import load_checkpoint
 from jigclu.config import load_config
 from jigclu.runs import STATE_FILE, read_metrics
 from faults import KillOnce
-from jigclu.errors import ConfigError
+from jigclu.errors import ConfigError, JigcluError
 
 pytestmark = pytest.mark.ray
 
@@ -29,6 +28,7 @@ def cfg_for(tmp_path: Path, *extra: str):
     return load_config(None, TINY + [f"output_dir={tmp_path}", *extra])
 
 
+@pytest.mark.slow  # about 40 s on 2 CPU cores
 def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
     from jigclu.ray_train import launch_ray
 
@@ -55,38 +55,95 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
     assert recovery_s > 0
 
 
+STEPS = 4  # train.steps_per_epoch of TINY, on one worker
+
+
+def loopback_env() -> dict[str, str]:
+    """The environment of a second driver process on the shared Ray, which listens on 127.0.0.1
+    only: it must connect in the same loopback mode (else Ray swaps 127.0.0.1 for this machine's
+    routable IP, where nothing listens)."""
+    from jigclu.ray_train import _LOOPBACK_ENV
+
+    return {**os.environ, _LOOPBACK_ENV: "0"}
+
+
+def newest_checkpoint(run: Path) -> dict | None:
+    """The state of the run's newest readable checkpoint (what a resumed run continues after)."""
+    for path in sorted(run.glob("checkpoint_epoch_*"), reverse=True):
+        try:
+            return load_checkpoint(path / STATE_FILE)
+        except (JigcluError, OSError):  # being written when the driver died, or torn
+            continue
+    return None
+
+
+def train_actors(address: str) -> dict[str, str]:
+    """``{actor id: class}`` of the cluster's live Ray Train controllers and workers."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=10000,
+                         raise_on_missing_output=False)
+    return {a.actor_id: a.class_name for a in actors if a.class_name in ("TrainController", "RayTrainWorker")}
+
+
+def wait_until_train_actors_end(address: str, before: dict[str, str], limit_s: float = 60.0) -> None:
+    """Until Ray has ended the Train controller and workers a killed driver started (all but
+    ``before``'s): nothing writes a checkpoint or a metric of that run after this."""
+    deadline = time.time() + limit_s
+    while alive := {k: v for k, v in train_actors(address).items() if k not in before}:
+        assert time.time() < deadline, f"the killed driver's Ray Train actors are still alive: {alive}"
+        time.sleep(0.5)
+
+
 def test_driver_restart_continues_the_run(ray_local, tmp_path):
-    """Kill the driver after an epoch; the same command with --resume continues from there."""
+    """Kill the driver mid-run; the same command with --resume continues right after the newest
+    checkpoint, its global step included, and repeats at most one epoch."""
     address = ray_local.get_runtime_context().gcs_address
     args = [sys.executable, "-m", "jigclu.cli", "pretrain", "--no-progress", "--address", address,
             *TINY, f"output_dir={tmp_path}", "name=driver", "train.epochs=30", "scaling.workers=1"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    metrics = tmp_path / "driver" / "metrics.jsonl"
+    before = train_actors(address)  # an earlier test's controller may live on with this session
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=loopback_env())
+    run = tmp_path / "driver"
     deadline = time.time() + 180
     try:
-        while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
-            assert proc.poll() is None, "driver exited early"
-            time.sleep(0.5)
+        while time.time() < deadline and not (read_metrics(run) and newest_checkpoint(run)):
+            assert proc.poll() is None, f"driver exited early: {log.read_text()[-2000:]}"
+            time.sleep(0.25)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    done = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
-    assert done and done[0] == 0
-    time.sleep(2)  # let Ray notice the dead driver and release its workers
+    wait_until_train_actors_end(address, before)  # what the killed run left is final now
+    ended = time.time()
+    saved = newest_checkpoint(run)
+    assert saved is not None, f"no checkpoint before the driver was killed: {log.read_text()[-2000:]}"
+    last = saved["epoch"]
+    assert saved["global_step"] == STEPS * (last + 1)
+    done = [m["epoch"] for m in read_metrics(run)]
+    assert done and done == list(range(len(done))), done
 
     from jigclu.ray_train import launch_ray
 
     cfg = cfg_for(tmp_path, "name=driver", "train.epochs=4", "scaling.workers=1")
     with pytest.raises(ConfigError, match="--resume"):
         launch_ray("pretrain", cfg, progress=False)
-    cfg = cfg_for(tmp_path, "name=driver", "train.epochs=30", "scaling.workers=1", "train.epochs=" + str(done[-1] + 3))
+    end = max(done[-1], last) + 3
+    cfg = cfg_for(tmp_path, "name=driver", "scaling.workers=1", f"train.epochs={end}")
     launch_ray("pretrain", cfg, resume=True, progress=False)
-    epochs = [m["epoch"] for m in read_metrics(tmp_path / "driver")]
-    restart = epochs.index(done[-1]) + 1 if done[-1] in epochs else len(done)
-    # after the restart the run picks up where the last persisted checkpoint left off
-    assert epochs[-1] == done[-1] + 2
-    assert epochs[restart:][0] <= done[-1] + 1
-    assert sorted(set(epochs)) == list(range(done[-1] + 3))
+    records = read_metrics(run)
+    epochs = [m["epoch"] for m in records]
+    assert epochs[:len(done)] == done
+    resumed = [m for m in records[len(done):] if m["time"] > ended]  # not a line restored from a checkpoint
+    # the resumed run starts right after the newest checkpoint, not at epoch 0 ...
+    assert [m["epoch"] for m in resumed] == list(range(last + 1, end)), (epochs, last)
+    # ... so only an epoch that finished without a readable checkpoint is repeated, at most one
+    assert len(epochs) - len(set(epochs)) <= 1 and last + 1 >= done[-1], (epochs, last)
+    assert set(range(end)) - set(epochs) <= {last}, epochs  # no gap (but a checkpoint whose line was lost)
+    # the global step continues from the checkpoint's (the metric "step" counts optimizer steps)
+    assert resumed[0]["step"] == saved["global_step"] + STEPS
+    assert all(m["step"] == STEPS * (m["epoch"] + 1) for m in records), [(m["epoch"], m["step"]) for m in records]
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -95,14 +152,21 @@ def test_driver_restart_continues_the_run(ray_local, tmp_path):
     (["scaling.workers=1", "storage=/proc/jigclu-cannot-write-here"], "not writable"),
 ])
 def test_impossible_requests_fail_fast(ray_local, tmp_path, overrides, needle):
+    import torch
+
     from jigclu.ray_train import launch_ray
 
+    if needle == "no GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: scaling.gpu=true is a possible request here")
     t0 = time.time()
     with pytest.raises(ConfigError, match=needle):
         launch_ray("pretrain", cfg_for(tmp_path, "name=bad", *overrides), progress=False)
     assert time.time() - t0 < 15
+    assert not (tmp_path / "bad").exists(), "a refused run left its run directory behind"
+    assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # about 20 s on 2 CPU cores
 def test_cli_runs_two_workers(ray_local, tmp_path, capsys):
     from jigclu.cli import main
 

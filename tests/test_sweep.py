@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -98,6 +99,7 @@ def results_of(trial_dir: Path) -> list[dict]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # about 30 s on 2 CPU cores
 def test_asha_sweep_end_to_end_and_best_config_reruns(ray_local, tmp_path):
     from jigclu.cli import main
     from tune.sweep import run_sweep
@@ -132,6 +134,7 @@ def test_asha_sweep_end_to_end_and_best_config_reruns(ray_local, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # about 20 s on 2 CPU cores
 def test_nan_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path):
     from tune.sweep import run_sweep
 
@@ -150,6 +153,7 @@ def test_nan_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # about 90 s on 2 CPU cores
 def test_nested_ray_train_trials_do_not_leak_resources(ray_local, tmp_path):
     """ASHA stops trials that run a nested Ray Train job; every trial starts and CPUs come back."""
     from tune.sweep import run_sweep
@@ -168,29 +172,95 @@ def test_nested_ray_train_trials_do_not_leak_resources(ray_local, tmp_path):
     assert ray_local.available_resources().get("CPU", 0) == total
 
 
-@pytest.mark.ray
-def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
-    address = ray_local.get_runtime_context().gcs_address
-    args = [*FAST, "num_samples=6", "max_concurrent=1", "scheduler.type=none", f"output_dir={tmp_path}", "name=res"]
-    proc = subprocess.Popen([sys.executable, "-m", "jigclu.cli", "tune", "--no-progress", "--no-report",
-                             "--address", address, "--config", str(DIGITS_SWEEP), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    sweep_dir = tmp_path / "res"
-    deadline = time.time() + 240
-
-    def finished() -> list[Path]:
-        # a trial that ran all 3 epochs has finished (Tune marks only stopped trials "done")
-        return [t for t in sweep_dir.glob("trial-*") if len(results_of(t)) == 3]
+def saved_sweep(sweep_dir: Path) -> dict[str, tuple[str, int]] | None:
+    """Tune's saved state in the sweep directory as ``{trial id: (status, epochs)}``: what a resumed
+    sweep restores. None while it is missing or half-written (Tune syncs it there every second),
+    or when the searcher's saved state is not from the same save (it counts other trials)."""
+    import pickle
 
     try:
-        while time.time() < deadline and len(finished()) < 2:
+        [experiment] = sweep_dir.glob("experiment_state-*.json")  # one driver session so far
+        [generator] = sweep_dir.glob("search_gen_state-*.json")  # a pickle, despite its name
+        trials = {}
+        for trial_json, meta_json in json.loads(experiment.read_text())["trial_data"]:
+            trial, meta = json.loads(trial_json), json.loads(meta_json)
+            epochs = (meta.get("last_result") or {}).get("training_iteration") or 0
+            trials[trial["trial_id"]] = (trial["status"], int(epochs))
+        generated = pickle.loads(generator.read_bytes())["counter"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
+        return None
+    return trials if generated == len(trials) else None
+
+
+def optuna_trials(db: Path) -> int | None:
+    """The number of trials in the study's SQLite file, read-only (None while it is locked)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # about 60 s on 2 CPU cores
+def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
+    """The driver is SIGKILLed once Tune's saved state holds two finished trials and a third one
+    with a checkpoint, and nothing newer (no trial, no Optuna trial) exists: the resumed sweep keeps
+    the finished trials, continues the third from its checkpoint, and runs no trial twice."""
+    import optuna
+
+    address = ray_local.get_runtime_context().gcs_address
+    args = [*FAST, "num_samples=6", "max_concurrent=1", "scheduler.type=none", f"output_dir={tmp_path}", "name=res"]
+    from jigclu.ray_train import _LOOPBACK_ENV
+
+    # the shared Ray listens on 127.0.0.1 only: a second driver connects in the same loopback mode
+    proc = subprocess.Popen([sys.executable, "-m", "jigclu.cli", "tune", "--no-progress", "--no-report",
+                             "--address", address, "--config", str(DIGITS_SWEEP), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, _LOOPBACK_ENV: "0"})
+    sweep_dir = tmp_path / "res"
+    deadline = time.time() + 300
+
+    def ready() -> tuple[dict, dict, str] | None:
+        """(saved state, finished trials' results, the trial to interrupt) once it is time to kill."""
+        saved = saved_sweep(sweep_dir)
+        if saved is None:
+            return None
+        finished = [t for t, (status, epochs) in saved.items() if status == "TERMINATED" and epochs == 3]
+        running = [t for t, (status, epochs) in saved.items() if status == "RUNNING" and 1 <= epochs < 3]
+        if len(finished) < 2 or len(running) != 1 or len(saved) != len(finished) + 1:
+            return None
+        if {t.name for t in sweep_dir.glob("trial-*")} != {f"trial-{t}" for t in saved}:
+            return None  # a trial started after the save
+        if optuna_trials(sweep_dir / "optuna.db") != len(saved):
+            return None  # the searcher already asked Optuna for the next trial
+        texts = {t: (sweep_dir / f"trial-{t}" / "result.json").read_text() for t in finished}
+        if any(len(results_of(sweep_dir / f"trial-{t}")) != 3 for t in finished):
+            return None
+        return saved, texts, running[0]
+
+    found = None
+    try:
+        while found is None:
+            assert time.time() < deadline, f"no moment to kill the driver came; saved: {saved_sweep(sweep_dir)}"
             assert proc.poll() is None, "sweep driver exited before it could be killed"
-            time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGSTOP)  # frozen, Tune neither saves nor starts anything while we look
+            try:
+                found = ready()
+            except (OSError, ValueError):  # a file being written
+                found = None
+            if found is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+                time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    done_before = {t.name: (t / "result.json").read_text() for t in finished()}
-    assert len(done_before) >= 2
+    saved, done_before, interrupted = found
+    resume_at = saved[interrupted][1]  # epochs of the interrupted trial in the saved state
+    before = (sweep_dir / f"trial-{interrupted}" / "result.json").read_text()
     time.sleep(2)
 
     from tune.sweep import run_sweep
@@ -198,9 +268,21 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_local
     summary = run_sweep(load_sweep(DIGITS_SWEEP, args), resume=True, progress=False)
     assert summary["resumed"] and summary["trials"] == 6
     assert summary["finished"] == 6, summary
-    for name, text in done_before.items():  # finished trials kept their ids and results
-        assert (sweep_dir / name / "result.json").read_text() == text
+    for trial, text in done_before.items():  # finished trials kept their ids and results
+        assert (sweep_dir / f"trial-{trial}" / "result.json").read_text() == text
+    # no trial ran twice: a trial re-run under a new id leaves its first run as .orphan-trial-*
+    assert sorted(p.name for p in sweep_dir.glob(".orphan-trial-*")) == []
     assert len(list(sweep_dir.glob("trial-*"))) == 6
+    # the interrupted trial continued from its checkpoint: its epochs go on, they do not restart at 0
+    text = (sweep_dir / f"trial-{interrupted}" / "result.json").read_text()
+    resumed = [json.loads(line) for line in (text[len(before):] if text.startswith(before) else text).splitlines()
+               if line.strip()]
+    assert [r["epoch"] for r in resumed] == list(range(resume_at, 3)), (resume_at, before, text)
+    assert resumed[0]["training_iteration"] == resume_at + 1
+    assert resumed[0]["step"] == 4 * (resume_at + 1)  # the global step continues too
+    # the study: one complete Optuna trial per Tune trial, none asked twice or left running
+    study = optuna.load_study(study_name="res", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
 
 
 @pytest.mark.ray
