@@ -24,7 +24,7 @@ import pytest
 
 from cluster_box import RayBox, S3Endpoint, raylet_of
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]  # ~4-8 min on 2 cores
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "jigclu-box"

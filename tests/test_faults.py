@@ -25,18 +25,21 @@ def _check(row: faults.Row) -> None:
     assert row.data_lost == "none", row
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_then_resume(tmp_path):
     row = faults.row_sigint(tmp_path, random.Random(1))
     _check(row)
     assert row.user_saw == "`jigclu: interrupted`" and row.redone == 0
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     row = faults.row_truncated(tmp_path, random.Random(2))
     _check(row)
     assert row.user_saw.startswith("`jigclu: warning: checkpoint") and row.redone == 1
 
 
+@pytest.mark.slow
 def test_disk_full_fails_in_one_line_and_resumes_once_there_is_room(tmp_path):
     row = faults.row_enospc(tmp_path, random.Random(3))
     if row.outcome.startswith("skipped"):
@@ -45,6 +48,7 @@ def test_disk_full_fails_in_one_line_and_resumes_once_there_is_room(tmp_path):
     assert row.outcome.startswith("exit 2; resumed") and "No space left" in row.user_saw
 
 
+@pytest.mark.slow
 def test_s3_endpoint_outage_is_ridden_out(tmp_path):
     # 20 s: longer than the AWS client's own retries, so jigclu's (storage.RETRY_ENV) are needed
     row = faults.row_s3_outage(tmp_path, random.Random(4), outage_s=20.0)
@@ -84,6 +88,7 @@ def test_a_metrics_line_that_does_not_fit_leaves_the_file_as_it_was(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_the_filesystem_ray_gets_rides_out_an_outage(tmp_path):
     """What Ray Train and Tune write through (``ray_storage``'s filesystem) survives an endpoint
     that refuses connections for longer than the AWS client's own retries."""
