@@ -63,7 +63,7 @@ bench-quality: setup
 
 # Faults injected from outside a real run (kill, Ctrl-C, full disk, S3 outage...): ## Fault matrix
 faults: setup
-	$(BIN)/python benchmarks/faults.py
+	$(BIN)/python benchmarks/fault_matrix.py
 
 # One prepared check for a machine with CUDA (under 5 minutes); prints one line and passes without one.
 gpu-check: setup

@@ -1,4 +1,4 @@
-"""How a fault-matrix row runs jigclu and judges what the fault left (``benchmarks/faults.py``).
+"""How a fault-matrix row runs jigclu and judges what the fault left (``benchmarks/fault_matrix.py``).
 
 A row starts the real ``jigclu`` command in a child process of its own session, injects its
 fault from outside, and then checks the run with :func:`judge`: completed epochs trained twice

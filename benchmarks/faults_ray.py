@@ -1,4 +1,4 @@
-"""The fault matrix's Ray rows (``benchmarks/faults.py``): a Train worker, a node, a sweep driver.
+"""The fault matrix's Ray rows (``benchmarks/fault_matrix.py``): a Train worker, a node, a sweep driver.
 
 Each starts the real ``jigclu`` command, finds its victim from outside (by process, as an OOM
 killer or a failing machine would) and SIGKILLs it at a random moment.

@@ -140,7 +140,7 @@ class RayTrainContext:
 
         Ray's checkpoint is the newest its controller collected; a worker may have persisted newer
         ones whose reports were still uncollected when its node died (2 epochs redone without
-        this: ``benchmarks/faults.py``). An unreadable newest one falls back to the previous one
+        this: ``benchmarks/fault_matrix.py``). An unreadable newest one falls back to the previous one
         with a warning (:meth:`RunLayout.load_latest`).
         """
         if ray.train.get_checkpoint() is None and not self.layout.has_checkpoint():
@@ -258,16 +258,18 @@ def remove_orphaned_worker_groups(cfg: RunConfig, before: set[str], wait_s: floa
         time.sleep(1.0)
 
 
-def ray_storage(root: str) -> dict[str, Any]:
+def ray_storage(root: str, retrying: bool = True) -> dict[str, Any]:
     """``storage_path`` (and ``storage_filesystem`` for object stores) of a storage root for Ray.
 
     A local root goes as an absolute path; an object-store URI goes as its pyarrow filesystem
     and path, so ``?endpoint_override=...&scheme=http`` options (S3-compatible stores) reach Ray.
+    Ray Train gets it wrapped to ride out an outage (:mod:`jigclu.retrying_fs`); Tune gets it
+    bare (``retrying=False``): through the wrapper its trial results stopped reaching the store.
     """
     if storage.is_local(root):
         return {"storage_path": storage.normalise(root)}
     fs, path = storage.resolve(root)
-    return {"storage_path": path, "storage_filesystem": retrying_filesystem(fs)}  # rides out an outage
+    return {"storage_path": path, "storage_filesystem": retrying_filesystem(fs) if retrying else fs}
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -1,10 +1,10 @@
 """An object-store filesystem for Ray that rides out an outage, as :mod:`jigclu.storage` does.
 
-Ray Train and Tune write their checkpoints, the checkpoint manager's snapshot and the
-experiment state through the ``storage_filesystem`` jigclu gives them. With a bare
+Ray Train writes its checkpoints and the checkpoint manager's snapshot through the
+``storage_filesystem`` jigclu gives it (Tune gets the bare one: see ``ray_storage``). With a bare
 ``pyarrow.fs.S3FileSystem`` an endpoint that is unreachable for ~20 s fails every retry of the
 run within seconds ("training failed after 3 retries: ... NETWORK_CONNECTION ...", measured by
-``benchmarks/faults.py``). This wrapper retries each call's transient errors the way
+``benchmarks/fault_matrix.py``). This wrapper retries each call's transient errors the way
 ``storage`` does (``JIGCLU_STORAGE_RETRY_S``), and makes writes whole: an output stream
 collects the bytes and uploads them in one retried call when it is closed, so an outage in the
 middle of a write retries the whole object instead of failing half-way. Reads are fetched whole

@@ -1,4 +1,4 @@
-"""The cheap rows of the fault matrix (``benchmarks/faults.py``), run as tests.
+"""The cheap rows of the fault matrix (``benchmarks/fault_matrix.py``), run as tests.
 
 Each starts the real ``jigclu`` command in a child process, injects its fault from outside at a
 seeded random moment, and checks what the matrix checks: the run finishes (by itself or with
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import faults  # noqa: E402
+import fault_matrix as faults  # noqa: E402  (benchmarks/fault_matrix.py; tests/faults.py is another module)
 import faults_ray  # noqa: E402
 
 

@@ -332,7 +332,7 @@ def test_local_ray_listens_on_loopback_only(ray_local):
     listening: dict[str, list[tuple[str, int]]] = {}
     for proc in psutil.Process().children(recursive=True):  # GCS, raylet, dashboard, agents, workers
         try:
-            name = " ".join(proc.cmdline())[:120]
+            name = " ".join(proc.cmdline())  # whole: a long venv path pushes "dashboard.py" far right
             socks = [(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN]
         except (psutil.NoSuchProcess, psutil.ZombieProcess):

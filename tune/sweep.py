@@ -142,7 +142,7 @@ def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=spec.mode, search_alg=limited, scheduler=scheduler,
                                     num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(name=spec.name, **ray_storage(storage.parent(layout.root)),
+        run_config=tune.RunConfig(name=spec.name, **ray_storage(storage.parent(layout.root), retrying=False),
                                   verbose=0,
                                   callbacks=callbacks, log_to_file=True,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -190,7 +190,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     init_ray(address, verbose, num_cpus=num_cpus)
     callbacks = [SweepProgress(sweep, enabled=progress), StudyPublisher(layout)]
     started = time.time()
-    restore = ray_storage(layout.root)
+    restore = ray_storage(layout.root, retrying=False)
     if existed:
         layout.set_aside_torn_state()
         layout.fetch_study()  # a fresh head node: the study comes back from storage

@@ -14,8 +14,8 @@ relies on:
 
 The cheap rows also run as tests (``tests/test_faults.py``), through the very functions here.
 
-    python benchmarks/faults.py                 # every row; writes ## Fault matrix
-    python benchmarks/faults.py --only sigint truncated
+    python benchmarks/fault_matrix.py                 # every row; writes ## Fault matrix
+    python benchmarks/fault_matrix.py --only sigint truncated
 """
 
 from __future__ import annotations
