@@ -40,6 +40,19 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per trainer")
     on_corrupt: Literal["skip", "fail"] = "skip"
     limit: int | None = Field(None, ge=1, description="use only the first N training images")
+    val_size: float | None = Field(None, gt=0, description="a seeded, class-balanced validation split carved "
+                                   "from the training images (a count, or a fraction < 1): excluded from "
+                                   "training, it is what the monitor and the downstream trainers score; "
+                                   "None = score on the test split")
+    val_seed: int = Field(0, description="seeds the validation split and the monitor's image subsets; apart from "
+                          "seed, so runs of different seeds are scored on the same images")
+
+    @field_validator("val_size")
+    @classmethod
+    def _check_val_size(cls, v: float | None) -> float | None:
+        if v is not None and v >= 1 and not float(v).is_integer():
+            raise ValueError(f"val_size is a count of images (a whole number) or a fraction below 1, got {v}")
+        return v
 
 
 class ModelConfig(_Section):
@@ -86,7 +99,8 @@ class TrainConfig(_Section):
 
 
 class MonitorConfig(_Section):
-    """kNN monitor: a cheap, honest per-epoch quality metric on a held-out labeled split."""
+    """kNN monitor: a cheap, honest per-epoch quality metric on a held-out labeled split
+    (``data.val_size``'s validation split when set, else the test split)."""
 
     knn: bool = True
     k: int = Field(20, ge=1, le=1000)
@@ -94,6 +108,12 @@ class MonitorConfig(_Section):
     train_limit: int | None = Field(5000, ge=10, description="labeled bank size (None = all)")
     test_limit: int | None = Field(2000, ge=10, description="held-out queries (None = all)")
     every: int = Field(1, ge=1, description="run the monitor every N epochs (and at the last)")
+    probe: bool = Field(False, description="also fit a linear probe (logistic regression on standardised "
+                        "pooled features of the bank) and score it on the queries: probe_top1")
+    collapse_std: float = Field(0.02, ge=0.0, description="collapsed when the per-dimension std of the "
+                                "L2-normalised features (times sqrt(dim)) falls below this")
+    collapse_patience: int = Field(2, ge=1, description="collapsed after this many evaluations in a row "
+                                   "with kNN at chance (<= 1.5 x 100/classes)")
 
 
 class EvalConfig(_Section):

@@ -35,7 +35,7 @@ SAMPLES = 4
 # with a CPU-sized trial: 2 Ray Train workers (on two different 1-CPU nodes) and tiny data
 README_ARGS = ["--config", "tune/configs/pretrain_fashion.yaml", "scaling.gpu=false", "scaling.workers=2",
                f"storage=s3://{BUCKET}/jigclu"]
-TINY = [f"name={SWEEP}", f"num_samples={SAMPLES}", "max_concurrent=1", "scaling.cpus_per_worker=0.9",
+TINY = [f"name={SWEEP}", f"num_samples={SAMPLES}", "max_concurrent=1", "time_budget_s=1200", "scaling.cpus_per_worker=0.9",
         "data.dataset=digits", "data.image_size=32", "data.batch_size=32", "data.limit=null", "model.width=8",
         f"train.epochs={EPOCHS}", "train.steps_per_epoch=25", "monitor.train_limit=300", "monitor.test_limit=150",
         "--no-progress"]

@@ -362,8 +362,9 @@ def real_sweep(ray_local, tmp_path_factory):
 def test_real_sweep_best_matches_ray(real_sweep):
     from ray.tune import ExperimentAnalysis
 
-    best_trial = ExperimentAnalysis(str(real_sweep)).get_best_trial("knn_top1", "max", scope="all")
-    ray_best = best_trial.metric_analysis["knn_top1"]["max"]
+    # the demo sweeps' objective: the linear probe on the validation split
+    best_trial = ExperimentAnalysis(str(real_sweep)).get_best_trial("probe_top1", "max", scope="all")
+    ray_best = best_trial.metric_analysis["probe_top1"]["max"]
 
     code, out = run_report([str(real_sweep), "--format", "json"])
     data = json.loads(out)
@@ -371,17 +372,18 @@ def test_real_sweep_best_matches_ray(real_sweep):
     assert data["best"]["trial_id"] == best_trial.trial_id
     assert data["best"]["value"] == pytest.approx(ray_best)
     assert data["top"][0]["trial_id"] == best_trial.trial_id
+    assert data["best"]["test"] is not None  # scored once on the test split, after the sweep
     assert data["counts"]["total"] == 3 and data["counts"]["errored"] == 0
     assert data["counts"]["finished"] >= 1  # the first trial always runs to max_t
     config_path = real_sweep / f"trial-{best_trial.trial_id}" / "config.yaml"
     assert data["best"]["command"] == f"jigclu pretrain --config {config_path}"
     assert data["best"]["config"]["name"] == f"rep-{best_trial.trial_id}"
-    assert data["sweep"]["scheduler"] == {"type": "asha", "grace_period": 1, "reduction_factor": 2.0, "max_t": 2}
+    assert data["sweep"]["scheduler"] == {"type": "asha", "grace_period": 1, "reduction_factor": 3.0, "max_t": 2}
 
     # the table names the same best trial, first in its ranking, in a narrow terminal too
     code, table = run_report([str(real_sweep)], width=60)
     assert code == 0
-    assert f"Best trial {best_trial.trial_id}: knn_top1 {rep.fmt_num(ray_best)}" in table
+    assert f"Best trial {best_trial.trial_id}: probe_top1 {rep.fmt_num(ray_best)}" in table
     first_row = next(line for line in table.splitlines() if re.match(r"\s*1\s+\w{8}\s", line))
     assert best_trial.trial_id in first_row
     assert "Parameter importances (fANOVA" in table

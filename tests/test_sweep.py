@@ -19,7 +19,7 @@ from tune.space import load_sweep, parse_param
 
 DIGITS_SWEEP = Path(__file__).parents[1] / "tune" / "configs" / "pretrain_digits.yaml"
 FAST = ["config.train.epochs=3", "config.train.steps_per_epoch=4", "config.data.batch_size=32",
-        "config.model.width=8", "config.monitor.train_limit=300", "config.monitor.test_limit=150"]
+        "config.model.width=8", "config.monitor.train_limit=300", "config.monitor.test_limit=150", "time_budget_s=null"]
 
 
 def sweep_file(tmp_path: Path, space: dict, **extra) -> Path:

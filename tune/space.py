@@ -105,12 +105,19 @@ def parse_param(key: str, spec: Any) -> Param:
     return Param(key, kind, (low, high))
 
 
+# What PBT may change in a running trial: values a restored checkpoint can train on as they are.
+PBT_MUTABLE = ("optim.lr", "loss.temperature", "loss.w_loc", "loss.w_clu")
+
+
 class SchedulerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "pbt", "none"] = "asha"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
     max_t: int | None = Field(None, ge=1, description="default: the trainer's epochs")
+    perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="pbt: the bottom fraction that "
+                                     "copies a top trial's checkpoint")
 
 
 class ResourcesSpec(BaseModel):
@@ -130,6 +137,14 @@ class SweepSpec(BaseModel):
     space: dict[str, Any] = Field(default_factory=dict)
     metric: str | None = None
     mode: Literal["max", "min"] = "max"
+    objective: Literal["metric", "linear_probe"] = Field("metric", description="linear_probe: select on a "
+                                                         "frozen-feature probe (probe_top1) on the validation split")
+    rung_metric: str | None = Field(None, description="what ASHA compares at its rungs; default: knn_top1 for "
+                                    "the linear_probe objective, else the metric")
+    searcher: Literal["tpe", "random"] = "tpe"
+    val_size: float | None = Field(0.1, gt=0, description="validation split carved from the training images "
+                                   "(a count or a fraction < 1): what every selection scores; null = the test split")
+    test_top_k: int = Field(1, ge=0, description="after the sweep, score this many best trials once on the test split")
     num_samples: int = Field(8, ge=1, le=100000)
     max_concurrent: int = Field(2, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
@@ -151,7 +166,12 @@ class SweepSpec(BaseModel):
         return v
 
     def default_metric(self) -> str:
+        if self.objective == "linear_probe":
+            return "probe_top1"
         return self.metric or ("knn_top1" if self.task == "pretrain" else "val_top1")
+
+    def default_rung_metric(self) -> str:
+        return self.rung_metric or ("knn_top1" if self.objective == "linear_probe" else self.default_metric())
 
 
 @dataclass
@@ -167,6 +187,10 @@ class Sweep:
         return self.spec.default_metric()
 
     @property
+    def rung_metric(self) -> str:
+        return self.spec.default_rung_metric()
+
+    @property
     def epochs(self) -> int:
         return int(build_config(RunConfig, self.base).train.epochs) if self.spec.task == "pretrain" \
             else int(self.trial_config({}).eval.epochs or 100)
@@ -177,8 +201,12 @@ class Sweep:
         return self.spec.scheduler.max_t or self.epochs
 
     def trial_config(self, sampled: dict[str, Any]) -> RunConfig:
-        """The full trainer config of one trial (raises ConfigError for invalid combinations)."""
-        return build_config(RunConfig, deep_merge(self.base, unflatten(sampled)))
+        """The full trainer config of one trial (raises ConfigError for invalid combinations): the base
+        config, the sampled values, and what the sweep decides (its validation split, the probe)."""
+        decided: dict[str, Any] = {"data": {"val_size": self.spec.val_size}}
+        if self.spec.objective == "linear_probe":
+            decided["monitor"] = {"probe": True}
+        return build_config(RunConfig, deep_merge(deep_merge(self.base, unflatten(sampled)), decided))
 
     def define_by_run(self) -> "DefineByRun":
         return DefineByRun(tuple(self.params))
@@ -256,6 +284,7 @@ def validate_sweep(spec: SweepSpec, base: dict[str, Any]) -> Sweep:
     params = [parse_param(key, value) for key, value in spec.space.items()]
     if not params:
         raise ConfigError("sweep: the space is empty; add at least one key under 'space'")
+    _check_science(spec, base_cfg, params)
     for p in params:
         _check_key(p.key)
         for value in p.corners():  # each value must be acceptable on its own
@@ -282,6 +311,27 @@ def validate_sweep(spec: SweepSpec, base: dict[str, Any]) -> Sweep:
         raise ConfigError(f"sweep: no combination of the space is valid ({min(total, 20000)} checked); "
                           f"for example: {first_error}")
     return Sweep(spec, base, params)
+
+
+def _check_science(spec: SweepSpec, base_cfg: RunConfig, params: list[Param]) -> None:
+    """Sweep options that cannot work together: one line each, before any trial starts."""
+    if spec.scheduler.type == "pbt":
+        fixed = [p.key for p in params if p.key not in PBT_MUTABLE]
+        if fixed:
+            raise ConfigError(f"sweep: scheduler pbt cannot mutate {', '.join(fixed)} in a running trial (a "
+                              f"restored checkpoint must fit the new values); PBT can search "
+                              f"{', '.join(PBT_MUTABLE)}: use scheduler.type asha for the others")
+        if spec.task != "pretrain":
+            raise ConfigError("sweep: scheduler pbt is for pretraining sweeps (task: pretrain)")
+    if spec.objective == "linear_probe":
+        if spec.task != "pretrain":
+            raise ConfigError(f"sweep: objective linear_probe scores pretrained features; task {spec.task} "
+                              f"has its own metric (val_top1)")
+        if spec.metric not in (None, "probe_top1"):
+            raise ConfigError(f"sweep: objective linear_probe selects on probe_top1, not metric {spec.metric}; "
+                              f"drop 'metric' or use objective: metric")
+        if not base_cfg.monitor.knn:
+            raise ConfigError("sweep: objective linear_probe needs the monitor (monitor.knn: true)")
 
 
 def _check_key(key: str) -> None:

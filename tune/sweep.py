@@ -32,6 +32,7 @@ from jigclu import storage
 from jigclu.storage import check_writable, read_text, write_atomic
 from jigclu.trainers import run_task
 from tune.report.trial import trial_status
+from tune.selection import BUDGET_STOPPED, check_data, score_on_test
 from tune.space import Sweep
 
 # Tune's own console tables and headers: our live display replaces them (verbose=0, old engine)
@@ -121,31 +122,24 @@ def _optuna_storage(sweep: Sweep, layout: SweepLayout) -> Any:
 
 
 def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune.Tuner:
-    """A fresh Tuner for the sweep (searcher, scheduler, limiter, storage)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from tune.searcher import ResumableLimiter, ResumableOptunaSearch
+    """A fresh Tuner for the sweep (search, scheduler, stop rule, storage: ``tune.schedulers``)."""
+    from tune.schedulers import CollapseStopper, build_scheduler, build_search
 
     spec = sweep.spec
-    searcher = ResumableOptunaSearch(space=sweep.define_by_run(), metric=sweep.metric, mode=spec.mode, seed=spec.seed,
-                                     study_name=spec.name, storage=_optuna_storage(sweep, layout))
-    limited = ResumableLimiter(searcher, max_concurrent=spec.max_concurrent)
-    if spec.scheduler.type == "asha":
-        max_t = sweep.max_t
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=min(spec.scheduler.grace_period, max_t),  # short runs
-                                  reduction_factor=spec.scheduler.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    search_alg, param_space = build_search(sweep, None if spec.scheduler.type == "pbt" else
+                                           _optuna_storage(sweep, layout))
     return tune.Tuner(
         _trainable(sweep, layout),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=spec.mode, search_alg=limited, scheduler=scheduler,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=build_scheduler(sweep),
                                     num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=spec.name, **ray_storage(storage.parent(layout.root), retrying=False),
-                                  verbose=0,
+                                  verbose=0, stop=CollapseStopper(),
                                   callbacks=callbacks, log_to_file=True,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                  # PBT restores other trials' checkpoints: keep a few, or they are gone by then
+                                  checkpoint_config=tune.CheckpointConfig(
+                                      num_to_keep=4 if spec.scheduler.type == "pbt" else 1)),
     )
 
 
@@ -185,6 +179,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     layout = sweep_layout(sweep)
     check_writable(layout.root)  # missing bucket, credentials, endpoint: one line before anything starts
+    check_data(sweep)  # a validation split too large, a metric that needs labels the data lacks
     existed = layout.exists()
     save_definition(sweep, layout)
     init_ray(address, verbose, num_cpus=num_cpus)
@@ -206,13 +201,17 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
         tuner = build_tuner(sweep, layout, callbacks)
     with callbacks[0]:
         grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors == len(grid):  # every trial ended (not a Ctrl-C)
+    ended = grid.num_terminated + grid.num_errors == len(grid)  # every trial ended (not a Ctrl-C)
+    if ended and sweep.spec.scheduler.type != "pbt":
         fail_abandoned(optuna.load_study(study_name=sweep.spec.name, storage=_optuna_storage(sweep, layout)))
     layout.publish_study()
+    if callbacks[0].budget_stopped:  # for the report: these trials were cut by the budget, not by ASHA
+        write_atomic(layout.file(BUDGET_STOPPED), json.dumps(sorted(callbacks[0].budget_stopped)))
+    test_scores = score_on_test(sweep, layout, grid) if ended else None
     if existed:
         layout.set_aside_orphans({r.path.rstrip("/").rsplit("/", 1)[-1] for r in grid if getattr(r, "path", None)})
     return {"sweep_dir": layout.root, "resumed": existed, "wall_s": time.time() - started,
-            "trials": len(grid), **status_counts(grid, sweep)}
+            "trials": len(grid), "test_scores": test_scores, **status_counts(grid, sweep)}
 
 
 def status_counts(grid: Any, sweep: Sweep) -> dict[str, int]:

@@ -32,7 +32,7 @@ from jigclu.export import load_backbone_weights, load_into
 from jigclu.jigsaw import step_seed
 from jigclu.models import ResNetBackbone, build_backbone
 from jigclu.trainers.classify_augment import build_augment
-from jigclu.trainers.common import eval_images, seeded_subset
+from jigclu.trainers.common import eval_images, seeded_subset, training_splits
 from jigclu.trainers.loop import StepResult, Task, wrap_ddp
 from jigclu.trainers.protocols import PROTOCOLS, protocol_key, resolve_eval
 
@@ -131,12 +131,10 @@ class ClassifyTask(Task):
 
     def load_splits(self, cfg: RunConfig, state: dict[str, Any] | None) -> Datasets:
         """Train split (``data.limit``, then :meth:`select`) and the scored test split."""
-        train = load_dataset(cfg.data.dataset, "train", image_size=cfg.data.image_size,
-                             on_corrupt=cfg.data.on_corrupt)
-        if cfg.data.limit is not None and cfg.data.limit < len(train):
-            train = train.subset(torch.arange(cfg.data.limit))
-        test = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
-                            on_corrupt=cfg.data.on_corrupt)
+        train, test = training_splits(cfg)  # scored: the validation split (data.val_size), else the test split
+        if test is None:
+            test = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
+                                on_corrupt=cfg.data.on_corrupt)
         if cfg.eval.val_limit is not None and cfg.eval.val_limit < len(test):
             test = test.subset(seeded_subset(len(test), cfg.eval.val_limit, cfg.seed + 1))
         subset, note = self.select(cfg, train, state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from jigclu.augment import IMAGENET_MEAN, IMAGENET_STD, to_float_rgb
+from jigclu.data import ImageDataset, load_dataset
+from jigclu.errors import DataError
 
 
 def seed_everything(seed: int) -> None:
@@ -82,3 +85,54 @@ class SubsetDataset(Dataset):
         if self.images is not None:
             return self.images[i], int(self.labels[i])
         return self.dataset[int(self.indices[i])]
+
+
+_VAL_SALT = 7919  # the validation split's generator: seed + salt, apart from every other subset's
+
+
+def split_validation(dataset: ImageDataset, val_size: float | None, seed: int,
+                     what: str = "data") -> tuple[ImageDataset, ImageDataset | None]:
+    """``(train, val)``: a seeded, class-balanced validation split carved from ``dataset``.
+
+    ``val_size`` is a count (>= 1) or a fraction (< 1) of ``dataset``; None keeps everything for
+    training (``val`` is None). The split depends on the labels and ``seed`` (``data.val_seed``)
+    only, so every trial of a sweep, and runs of any training seed, hold out the same images.
+    """
+    if val_size is None:
+        return dataset, None
+    n = len(dataset)
+    count = int(val_size) if val_size >= 1 else round(val_size * n)
+    if count >= n:
+        raise DataError(f"data.val_size={val_size:g} asks for {count} validation images but {what} has only "
+                        f"{n} training images; use a smaller count or a fraction such as 0.1")
+    if count < dataset.num_classes:
+        raise DataError(f"data.val_size={val_size:g} gives {count} validation images, fewer than the "
+                        f"{dataset.num_classes} classes of {what}; use at least one per class")
+    val = _stratified(torch.as_tensor(dataset.labels, dtype=torch.long), count, seed + _VAL_SALT)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    return dataset.subset(torch.nonzero(keep).flatten()), dataset.subset(val)
+
+
+def _stratified(labels: Tensor, count: int, seed: int) -> Tensor:
+    """Exactly ``count`` indices, each class's share proportional to its size (largest remainders)."""
+    classes, sizes = torch.unique(labels, return_counts=True)
+    exact = sizes.double() * count / len(labels)
+    quota = exact.floor().long()
+    quota[torch.argsort(exact - quota, descending=True)[:count - int(quota.sum())]] += 1
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls, k in zip(classes.tolist(), quota.tolist()):
+        members = torch.nonzero(labels == cls).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+def training_splits(cfg: Any) -> tuple[ImageDataset, ImageDataset | None]:
+    """``(train, val)`` of ``cfg``'s data: the validation split (``data.val_size``) is carved from the
+    whole training split first, then ``data.limit`` keeps the first N of the remaining images."""
+    train = load_dataset(cfg.data.dataset, "train", image_size=cfg.data.image_size, on_corrupt=cfg.data.on_corrupt)
+    train, val = split_validation(train, cfg.data.val_size, cfg.data.val_seed, cfg.data.dataset)
+    if cfg.data.limit is not None and cfg.data.limit < len(train):
+        train = train.subset(torch.arange(cfg.data.limit))
+    return train, val

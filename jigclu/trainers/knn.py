@@ -16,21 +16,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from jigclu.probe import linear_probe
 from jigclu.trainers.common import eval_images, seeded_subset, stack_items
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: Tensor, size: int, device: torch.device,
-                     batch_size: int = 256) -> Tensor:
-    """L2-normalised pooled features of uint8 ``images`` (backbone in eval mode, restored after)."""
+def pooled_features(backbone: nn.Module, images: Tensor, size: int, device: torch.device,
+                    batch_size: int = 256) -> Tensor:
+    """Globally pooled features of uint8 ``images`` (backbone in eval mode, restored after)."""
     was_training = backbone.training
     backbone.eval()
     feats = []
     for start in range(0, images.shape[0], batch_size):
         x = eval_images(images[start:start + batch_size], size, device)
-        feats.append(F.normalize(backbone(x).float(), dim=1))
+        feats.append(backbone(x).float())
     backbone.train(was_training)
     return torch.cat(feats)
+
+
+def extract_features(backbone: nn.Module, images: Tensor, size: int, device: torch.device,
+                     batch_size: int = 256) -> Tensor:
+    """L2-normalised pooled features of uint8 ``images``."""
+    return F.normalize(pooled_features(backbone, images, size, device, batch_size), dim=1)
+
+
+def embedding_spread(features: Tensor) -> float:
+    """Per-dimension std of L2-normalised ``features``, averaged and times sqrt(dim): about 1 for
+    features spread evenly over the sphere, 0 when every image maps to the same point (collapse)."""
+    if features.shape[0] < 2:
+        return float("nan")
+    return float(features.std(dim=0).mean() * features.shape[1] ** 0.5)
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int,
@@ -62,8 +77,11 @@ def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) 
 class KnnMonitor:
     """kNN top-1/top-5 of a backbone on a held-out labeled split, computed once per epoch.
 
-    ``bank`` images come from the training split, ``queries`` from the test split, so the
-    metric never scores an image against itself.
+    ``bank`` images come from the training images, ``queries`` from a held-out split (the
+    validation split carved from the training images, or the test split: ``split``), so the
+    metric never scores an image against itself. With ``probe`` a linear probe is fitted on the
+    bank's pooled features and scored on the queries too (:func:`jigclu.probe.linear_probe`);
+    ``embed_std`` (:func:`embedding_spread` of the queries) shows a collapse.
     """
 
     bank_images: Tensor
@@ -74,21 +92,88 @@ class KnnMonitor:
     size: int
     k: int = 20
     temperature: float = 0.07
+    probe: bool = False
+    split: str = "test"
+    seed: int = 0
 
     @classmethod
     def from_datasets(cls, train_ds, test_ds, size: int, k: int, temperature: float,
-                      train_limit: int | None, test_limit: int | None, seed: int = 0) -> "KnnMonitor":
+                      train_limit: int | None, test_limit: int | None, seed: int = 0, probe: bool = False,
+                      split: str = "test") -> "KnnMonitor":
         bi, bl = stack_items(train_ds, seeded_subset(len(train_ds), train_limit, seed))
         qi, ql = stack_items(test_ds, seeded_subset(len(test_ds), test_limit, seed + 1))
-        return cls(bi, bl, qi, ql, train_ds.num_classes, size, k, temperature)
+        return cls(bi, bl, qi, ql, train_ds.num_classes, size, k, temperature, probe, split, seed)
 
     def evaluate(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
-        bank = extract_features(backbone, self.bank_images, self.size, device)
-        queries = extract_features(backbone, self.query_images, self.size, device)
+        bank_raw = pooled_features(backbone, self.bank_images, self.size, device)
+        query_raw = pooled_features(backbone, self.query_images, self.size, device)
+        bank, queries = F.normalize(bank_raw, dim=1), F.normalize(query_raw, dim=1)
         scores = knn_predict(bank, self.bank_labels.to(device), queries, self.num_classes,
                              self.k, self.temperature)
         acc = topk_accuracy(scores, self.query_labels.to(device))
-        return {"knn_top1": acc[1], "knn_top5": acc[5]}
+        out = {"knn_top1": acc[1], "knn_top5": acc[5], "embed_std": embedding_spread(queries)}
+        if self.probe:
+            out["probe_top1"] = linear_probe(bank_raw, self.bank_labels.to(device), query_raw,
+                                             self.query_labels.to(device), self.num_classes, seed=self.seed).top1
+        return out
+
+
+def held_out_monitor(cfg: Any, train_ds: Any, val_ds: Any | None) -> KnnMonitor:
+    """The monitor of a run: bank from ``train_ds``, queries from ``val_ds`` (the validation split)
+    when there is one, else from the test split; ``monitor.*`` sizes."""
+    from jigclu.data import load_dataset
+
+    if val_ds is not None:
+        queries, split = val_ds, "val"
+    else:
+        queries = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
+                               on_corrupt=cfg.data.on_corrupt)
+        split = "test"
+    mon = cfg.monitor
+    return KnnMonitor.from_datasets(train_ds, queries, cfg.jigsaw.crop_size, mon.k, mon.knn_temperature,
+                                    mon.train_limit, mon.test_limit, seed=cfg.data.val_seed, probe=mon.probe, split=split)
+
+
+def test_score(cfg: Any, model_state: dict[str, Any], device: str = "cpu") -> dict[str, float]:
+    """A pretrained model's score on the whole test split, measured once (after selection on the
+    validation split): the same bank as its monitor (training images, validation split excluded),
+    the kNN and, with ``monitor.probe``, the linear probe."""
+    from jigclu.data import load_dataset
+    from jigclu.models import JigCluModel
+    from jigclu.trainers.common import training_splits
+
+    model = JigCluModel(cfg.model.arch, cfg.model.width, cfg.model.grid, cfg.model.proj_dim)
+    model.load_state_dict(model_state)
+    train_ds, _ = training_splits(cfg)
+    test_ds = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size, on_corrupt=cfg.data.on_corrupt)
+    mon = cfg.monitor
+    monitor = KnnMonitor.from_datasets(train_ds, test_ds, cfg.jigsaw.crop_size, mon.k, mon.knn_temperature,
+                                       mon.train_limit, None, seed=cfg.data.val_seed, probe=mon.probe, split="test")
+    result = monitor.evaluate(model.backbone.to(device), torch.device(device))
+    result["queries"] = float(len(monitor.query_labels))
+    return result
+
+
+class CollapseRule:
+    """Is a run collapsing? Its embeddings' spread (:func:`embedding_spread`) below ``min_std``,
+    or kNN at chance (<= 1.5 x 100/classes) for ``patience`` evaluations in a row."""
+
+    def __init__(self, min_std: float, patience: int, num_classes: int, state: dict[str, Any] | None = None) -> None:
+        self.min_std, self.patience = min_std, patience
+        self.chance = 150.0 / max(num_classes, 1)
+        self.streak = int((state or {}).get("chance_streak") or 0)
+
+    def check(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``{"collapsed": 0.0}`` or ``{"collapsed": 1.0, "collapse_reason": ...}`` for one evaluation."""
+        self.streak = self.streak + 1 if metrics["knn_top1"] <= self.chance else 0
+        spread = metrics.get("embed_std")
+        if self.min_std and spread is not None and spread < self.min_std:
+            reason = f"embedding std {spread:.4f} < {self.min_std:g}"
+        elif self.streak >= self.patience:
+            reason = f"kNN at chance (<= {self.chance:.1f}%) for {self.streak} evaluations"
+        else:
+            return {"collapsed": 0.0}
+        return {"collapsed": 1.0, "collapse_reason": reason}
 
 
 def knn_eval(cfg: Any, device: str | None = None) -> dict[str, float]:

@@ -94,8 +94,10 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     start_epoch = state["epoch"] + 1 if state is not None else 0
     global_step = int(state.get("global_step") or 0) if state is not None else 0
     if state is not None:
+        configured = configured_hyperparameters(task.optimizer, task.scheduler)
         task.optimizer.load_state_dict(state["optimizer"])
         task.scheduler.load_state_dict(state["scheduler"])
+        apply_configured(task.optimizer, task.scheduler, configured)
     if ctx.is_main:
         task.on_start(ctx)
 
@@ -158,6 +160,33 @@ def check_resume(state: dict[str, Any], cfg: RunConfig, task: str, keys: tuple[s
                                   f"({before[k]!r} there, {after[k]!r} now)")
 
 
+def configured_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """What the config asks of the optimiser (each group's hyper-parameters, the schedule's base lrs),
+    read before a checkpoint's optimiser state is loaded over it."""
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
+    return {"groups": groups, "base_lrs": list(getattr(scheduler, "base_lrs", []))}
+
+
+def apply_configured(optimizer: torch.optim.Optimizer, scheduler: Any, configured: dict[str, Any]) -> None:
+    """After loading a checkpoint's optimiser and scheduler: keep their state (momentum buffers, the
+    step count, where the schedule is) but the config's values (base lr, momentum, weight decay).
+
+    A resumed run whose config changed, and a PBT trial restored from another trial's checkpoint
+    with mutated values (ray-project/ray#36660), train with the new values, not the checkpoint's:
+    the lr keeps its position in the schedule, rescaled from the old base lr to the new one.
+    """
+    old_base = list(getattr(scheduler, "base_lrs", []))
+    new_base = configured["base_lrs"]
+    for i, (group, hyper) in enumerate(zip(optimizer.param_groups, configured["groups"])):
+        group.update(hyper)
+        if i < len(old_base) and i < len(new_base) and old_base[i] > 0:
+            group["lr"] *= new_base[i] / old_base[i]
+            group["initial_lr"] = new_base[i]
+    if new_base and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = list(new_base)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` in DistributedDataParallel when ``torch.distributed`` runs, else as it is."""
     if not dist.is_distributed():
@@ -165,4 +194,4 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-__all__ = ["Task", "StepResult", "run", "check_resume", "wrap_ddp"]
+__all__ = ["Task", "StepResult", "run", "check_resume", "wrap_ddp", "apply_configured", "configured_hyperparameters"]

@@ -19,13 +19,13 @@ from jigclu import dist
 from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
 from jigclu.context import RunContext
-from jigclu.data import load_dataset, make_loader
+from jigclu.data import make_loader
 from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import jigsaw_labels, patch_layout, random_permutation, step_seed, stitch
 from jigclu.losses import JigCluLoss
 from jigclu.models import JigCluModel
-from jigclu.trainers.common import SubsetDataset, cosine_lambda
-from jigclu.trainers.knn import KnnMonitor
+from jigclu.trainers.common import cosine_lambda, training_splits
+from jigclu.trainers.knn import CollapseRule, held_out_monitor
 from jigclu.trainers.loop import StepResult, Task, run, wrap_ddp
 
 _PATCH_SALT, _PERM_SALT = 1, 2
@@ -90,10 +90,7 @@ class PretrainTask(Task):
         if local_batch < 2:
             raise ConfigError(f"data.batch_size={self.global_batch} leaves fewer than 2 images per worker "
                               f"on {world} workers")
-        train_ds = load_dataset(cfg.data.dataset, "train", image_size=cfg.data.image_size,
-                                on_corrupt=cfg.data.on_corrupt)
-        if cfg.data.limit is not None and cfg.data.limit < len(train_ds):
-            train_ds = SubsetDataset(train_ds, torch.arange(cfg.data.limit))
+        train_ds, val_ds = training_splits(cfg)
         self.steps_per_epoch = len(train_ds) // self.global_batch
         if self.steps_per_epoch == 0:
             raise DataError(f"{cfg.data.dataset} has {len(train_ds)} training images, fewer than "
@@ -105,12 +102,10 @@ class PretrainTask(Task):
                                                 num_workers=cfg.data.num_workers,
                                                 pin_memory=self.device.type == "cuda")
         self.monitor = None
-        if cfg.monitor.knn and rank == 0:
-            test_ds = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
-                                   on_corrupt=cfg.data.on_corrupt)
-            self.monitor = KnnMonitor.from_datasets(train_ds, test_ds, cfg.jigsaw.crop_size, cfg.monitor.k,
-                                                    cfg.monitor.knn_temperature, cfg.monitor.train_limit,
-                                                    cfg.monitor.test_limit, seed=cfg.seed)
+        if cfg.monitor.knn and rank == 0 and train_ds.num_classes >= 2:  # one class: no labels to score
+            self.monitor = held_out_monitor(cfg, train_ds, val_ds)
+        self.collapse = CollapseRule(cfg.monitor.collapse_std, cfg.monitor.collapse_patience,
+                                     train_ds.num_classes, state)
 
         self.model = build_model(cfg).to(self.device)
         self.model.gather_features = cfg.jigsaw.montage_scope == "global"
@@ -121,10 +116,13 @@ class PretrainTask(Task):
         total_steps = self.steps_per_epoch * self.epochs
         warmup = int(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(total_steps, warmup))
-        self.best_knn = None
+        self.best_knn, self.init_scores = None, {}
         if state is not None:
             self.model.load_state_dict(state["model"])
-            self.best_knn = state.get("best_knn")
+            self.best_knn, self.init_scores = state.get("best_knn"), state.get("init_scores") or {}
+        elif self.monitor is not None:  # the random-init baseline of this very model, on the same split
+            scores = self.monitor.evaluate(self.model.backbone, self.device)
+            self.init_scores = {f"init_{k}": scores[k] for k in ("knn_top1", "probe_top1") if k in scores}
         self.trained = wrap_ddp(self.model, self.device)
 
     def start_epoch(self, epoch: int) -> None:
@@ -147,18 +145,20 @@ class PretrainTask(Task):
         metrics: dict[str, Any] = {k: sums.get(k, 0.0) / self.steps_per_epoch
                                    for k in ("loss", "loss_clu", "loss_loc", "loc_acc")}
         metrics["loc_acc"] *= 100.0
-        metrics.update(lr=self.scheduler.get_last_lr()[0],
+        metrics.update(lr=self.scheduler.get_last_lr()[0], loss_temperature=self.criterion.clu.temperature,
                        images_per_s=self.steps_per_epoch * self.global_batch / max(seconds, 1e-9))
         every = self.cfg.monitor.every
         if self.monitor is not None and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs):
-            metrics.update(self.monitor.evaluate(self.model.backbone, self.device))
+            metrics.update(self.monitor.evaluate(self.model.backbone, self.device), knn_split=self.monitor.split)
             self.best_knn = max(self.best_knn or 0.0, metrics["knn_top1"])
+            metrics.update(self.collapse.check(metrics))
         if self.best_knn is not None:
             metrics["best_knn_top1"] = self.best_knn
+        metrics.update(self.init_scores)
         return metrics
 
     def extra_state(self) -> dict[str, Any]:
-        return {"best_knn": self.best_knn}
+        return {"best_knn": self.best_knn, "init_scores": self.init_scores, "chance_streak": self.collapse.streak}
 
     def summary(self) -> dict[str, Any]:
         return {"best_knn_top1": self.best_knn}

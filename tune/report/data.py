@@ -9,6 +9,7 @@ directory may be a local path, a ``file://`` URI or an object-store prefix::
     trial-<id>/result.json    one JSON line per reported epoch (may be empty or cut short)
     trial-<id>/params.json    the sampled parameters (``sampled.json`` as a fallback)
     trial-<id>/error.txt      the traceback of a trial that failed
+    test_scores.json          the selected trials scored once on the test split, after the sweep
 
 Each trial's status comes from :func:`tune.report.trial.trial_status`.
 The sweep counts as *active* while Ray Tune keeps rewriting its experiment state (it does so
@@ -58,6 +59,8 @@ class SweepData:
     active: bool
     state_file: str | None
     notes: list[str] = field(default_factory=list)  # things that could not be read, said plainly
+    test_scores: dict[str, Any] | None = None       # test_scores.json, when the sweep has written it
+    budget_stopped: frozenset[str] = frozenset()    # budget_stopped.json: trials the time budget ended
 
     def file(self, *parts: str) -> str:
         """A file of the sweep directory (``sweep.file(trial.dirname, "config.yaml")``)."""
@@ -74,7 +77,43 @@ class SweepData:
     @property
     def metric(self) -> str:
         metric = self.definition.get("metric")
-        return str(metric) if metric else ("knn_top1" if self.task == "pretrain" else "val_top1")
+        if metric:
+            return str(metric)
+        if self.objective == "linear_probe":
+            return "probe_top1"
+        return "knn_top1" if self.task == "pretrain" else "val_top1"
+
+    @property
+    def objective(self) -> str:
+        """``metric`` (the sweep ranks by its metric) or ``linear_probe`` (by probe_top1)."""
+        return "linear_probe" if self.definition.get("objective") == "linear_probe" else "metric"
+
+    @property
+    def rung_metric(self) -> str:
+        """The metric ASHA compares at its rungs: the one sweep.yaml names, else knn_top1 for the
+        linear_probe objective (the probe is costly: it may be scored only at the end), else the metric
+        (:meth:`tune.space.SweepSpec.default_rung_metric`)."""
+        named = self.definition.get("rung_metric")
+        return str(named) if named else "knn_top1" if self.objective == "linear_probe" else self.metric
+
+    @property
+    def searcher(self) -> str:
+        """``tpe`` (Optuna's default sampler) or ``random`` (Optuna's seeded RandomSampler)."""
+        return "random" if self.definition.get("searcher") == "random" else "tpe"
+
+    @property
+    def scheduler_type(self) -> str:
+        return str(self.scheduler.get("type") or "asha")
+
+    @property
+    def val_size(self) -> int | float | None:
+        """The validation split's size (images, or a fraction of the training images); None: none."""
+        if "val_size" in self.definition:  # the sweep decides it for every trial
+            value = self.definition["val_size"]
+        else:
+            data = (self.definition.get("config") or {}).get("data")
+            value = data.get("val_size") if isinstance(data, dict) else None
+        return value if finite(value) is not None else None
 
     @property
     def mode(self) -> str:
@@ -151,8 +190,10 @@ def load_sweep_dir(path: str | Path, now: float | None = None) -> SweepData:
         t.status = trial_status(t.epochs, max_t, ray_status=t.ray_status, done=t.done, has_results=bool(t.results),
                                 has_error=t.error_file is not None, active=active, alive=alive)
     trials.sort(key=lambda t: (t.first_start is None, t.first_start or 0.0, t.trial_id))
+    test_scores = _read_test_scores(location, notes)
     return SweepData(location=location, definition=definition, trials=trials, max_t=max_t, active=active,
-                     state_file=state_file, notes=notes)
+                     state_file=state_file, notes=notes, test_scores=test_scores,
+                     budget_stopped=_read_budget_stopped(location))
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -214,6 +255,33 @@ def _collect_trials(location: str, state: dict[str, dict[str, Any]], notes: list
             trial.error_file = f"{trial.dirname}/{error_path.rsplit('/', 1)[-1]}"
             trial.error = error_reason(_read_text(error_path))
     return list(by_id.values())
+
+
+def _read_test_scores(location: str, notes: list[str]) -> dict[str, Any] | None:
+    """test_scores.json: ``{"split": "test", "selected_on": "val", "metric": ..., "trials": [...]}``."""
+    path = storage.join(location, "test_scores.json")
+    if not storage.is_file(path):
+        return None
+    try:
+        data = json.loads(storage.read_text(path))
+    except (StorageError, UnicodeDecodeError, ValueError) as exc:
+        notes.append(f"could not read test_scores.json ({first_line(str(exc))}); test scores left out")
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("trials"), list):
+        notes.append("test_scores.json has no list of trials; test scores left out")
+        return None
+    data["trials"] = [t for t in data["trials"] if isinstance(t, dict) and t.get("trial_id") is not None]
+    return data
+
+
+def _read_budget_stopped(location: str) -> frozenset[str]:
+    """budget_stopped.json: the ids of the trials the sweep's time budget ended (written at its end)."""
+    path = storage.join(location, "budget_stopped.json")
+    try:
+        ids = json.loads(storage.read_text(path)) if storage.is_file(path) else []
+    except (StorageError, UnicodeDecodeError, ValueError):
+        return frozenset()
+    return frozenset(str(i) for i in ids) if isinstance(ids, list) else frozenset()
 
 
 def _read_params(directory: str) -> dict[str, Any]:

@@ -109,6 +109,23 @@ class Trial:
         curve = self.curve(metric)
         return curve[-1][1] if curve else None
 
+    @property
+    def knn_split(self) -> str | None:
+        """The split its kNN monitor scored ("val" or "test"; its last result that says), None when
+        no result says (a sweep from before validation splits: the monitor scored the test split)."""
+        for r in reversed(self.results):
+            if isinstance(r.get("knn_split"), str):
+                return r["knn_split"]
+        return None
+
+    @property
+    def collapse_reason(self) -> str | None:
+        """Why its last result says the representation collapsed (``collapsed`` == 1), else None."""
+        last = self.results[-1] if self.results else {}
+        if finite(last.get("collapsed")) != 1.0:
+            return None
+        return str(last.get("collapse_reason") or "no reason reported")
+
 
 # --- small helpers ------------------------------------------------------------------------
 
@@ -124,3 +141,12 @@ def finite_int(value: Any) -> int | None:
     """:func:`finite`, truncated to an int."""
     number = finite(value)
     return int(number) if number is not None else None
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN and infinities to None."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
