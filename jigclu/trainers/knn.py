@@ -118,12 +118,13 @@ class KnnMonitor:
         return out
 
 
-def held_out_monitor(cfg: Any, train_ds: Any, val_ds: Any | None) -> KnnMonitor:
+def held_out_monitor(cfg: Any, train_ds: Any, val_ds: Any | None, *, test: bool = False) -> KnnMonitor:
     """The monitor of a run: bank from ``train_ds``, queries from ``val_ds`` (the validation split)
-    when there is one, else from the test split; ``monitor.*`` sizes."""
+    when there is one, else from the test split; ``monitor.*`` sizes. ``test``: the whole test split
+    as queries, for the one test score after selection."""
     from jigclu.data import load_dataset
 
-    if val_ds is not None:
+    if val_ds is not None and not test:
         queries, split = val_ds, "val"
     else:
         queries = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
@@ -131,24 +132,21 @@ def held_out_monitor(cfg: Any, train_ds: Any, val_ds: Any | None) -> KnnMonitor:
         split = "test"
     mon = cfg.monitor
     return KnnMonitor.from_datasets(train_ds, queries, cfg.jigsaw.crop_size, mon.k, mon.knn_temperature,
-                                    mon.train_limit, mon.test_limit, seed=cfg.data.val_seed, probe=mon.probe, split=split)
+                                    mon.train_limit, None if test else mon.test_limit, seed=cfg.data.val_seed,
+                                    probe=mon.probe, split=split)
 
 
 def test_score(cfg: Any, model_state: dict[str, Any], device: str = "cpu") -> dict[str, float]:
     """A pretrained model's score on the whole test split, measured once (after selection on the
     validation split): the same bank as its monitor (training images, validation split excluded),
     the kNN and, with ``monitor.probe``, the linear probe."""
-    from jigclu.data import load_dataset
     from jigclu.models import JigCluModel
     from jigclu.trainers.common import training_splits
 
     model = JigCluModel(cfg.model.arch, cfg.model.width, cfg.model.grid, cfg.model.proj_dim)
     model.load_state_dict(model_state)
     train_ds, _ = training_splits(cfg)
-    test_ds = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size, on_corrupt=cfg.data.on_corrupt)
-    mon = cfg.monitor
-    monitor = KnnMonitor.from_datasets(train_ds, test_ds, cfg.jigsaw.crop_size, mon.k, mon.knn_temperature,
-                                       mon.train_limit, None, seed=cfg.data.val_seed, probe=mon.probe, split="test")
+    monitor = held_out_monitor(cfg, train_ds, None, test=True)
     result = monitor.evaluate(model.backbone.to(device), torch.device(device))
     result["queries"] = float(len(monitor.query_labels))
     return result
