@@ -146,7 +146,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_data_convert(args: argparse.Namespace) -> int:
     from jigclu.data import convert_main
 
-    rows = convert_main(args.src, args.dest, image_size=args.image_size)
+    rows = convert_main(
+        args.src, args.dest, image_size=args.image_size, image_format=args.image_format, quality=args.quality,
+        shard_mb=args.shard_mb, row_group_rows=args.row_group_rows,
+        shuffle_seed=None if args.no_shuffle else args.seed, progress=True,
+    )
     print(f"wrote {rows} images to {args.dest}")
     return 0
 
@@ -189,7 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "folder:DIR, parquet:URI); DEST a new directory or s3:// / gs:// URI.")
     conv.add_argument("src")
     conv.add_argument("dest")
-    conv.add_argument("--image-size", type=int, default=None)
+    conv.add_argument("--image-size", type=int, default=None, metavar="N", help="resize to N x N when loading")
+    conv.add_argument("--format", dest="image_format", default="png", metavar="png|jpeg",
+                      help="image encoding: png (lossless, default) or jpeg (much smaller for large photos)")
+    conv.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality, 1-95 (default 90)")
+    conv.add_argument("--shard-mb", type=float, default=192, metavar="MB",
+                      help="start a new part-NNNNN.parquet once a shard holds this many MiB (default 192)")
+    conv.add_argument("--row-group-rows", type=int, default=2048, metavar="N",
+                      help="rows per Parquet row group, the unit a streaming reader reads (default 2048)")
+    conv.add_argument("--no-shuffle", action="store_true",
+                      help="keep the source order (default: shuffle each split, so class-sorted sources stream mixed)")
+    conv.add_argument("--seed", type=int, default=0, metavar="S", help="shuffle seed (default 0)")
     conv.set_defaults(func=_cmd_data_convert)
 
     for module in (cluster, cli_tools, report):  # subcommands that live with what they drive

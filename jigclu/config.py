@@ -46,6 +46,16 @@ class DataConfig(_Section):
                                    "None = score on the test split")
     val_seed: int = Field(0, description="seeds the validation split and the monitor's image subsets; apart from "
                           "seed, so runs of different seeds are scored on the same images")
+    loader: Literal["auto", "memory", "ray_data"] = Field(
+        "auto", description="memory: read the split into every process; ray_data: stream a parquet: source "
+        "through Ray Data into the Ray Train workers (decoded in Ray Data tasks, bounded memory); auto: stream "
+        "parquet sources of at least data.stream_min_images under Ray Train, else memory")
+    stream_min_images: int = Field(200_000, ge=1, description="loader=auto streams parquet sources this large "
+                                   "(counted from Parquet metadata)")
+    shuffle_buffer: int = Field(4096, ge=0, description="ray_data: rows in each worker's local shuffle buffer "
+                                "(seeded per epoch and rank); 0 = no local shuffle")
+    decode_cpus: float = Field(0.5, gt=0.0, le=64.0, description="ray_data: CPUs each Ray Data decode task "
+                               "reserves")
 
     @field_validator("val_size")
     @classmethod

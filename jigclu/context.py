@@ -48,6 +48,10 @@ class RunContext(Protocol):
     def where(self) -> RunLayout | None:
         """The run's layout, for files a task writes beside its checkpoints (None: Ray keeps them)."""
 
+    def dataset_shard(self, name: str) -> Any | None:
+        """This worker's shard of the streamed dataset ``name`` (``data.loader=ray_data``); None when
+        the run streams nothing (a plain process, an in-process sweep trial)."""
+
 
 def resolve_device(spec: str) -> torch.device:
     """``auto`` picks the GPU when there is one; ``cuda`` without a GPU is a clear error."""
@@ -77,6 +81,9 @@ class LocalContext:
 
     def where(self) -> RunLayout | None:
         return self.layout
+
+    def dataset_shard(self, name: str) -> Any | None:
+        return None
 
     def load_state(self) -> dict[str, Any] | None:
         if not self.resume:

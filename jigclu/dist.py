@@ -71,3 +71,28 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def all_agree(mine: bool) -> bool:
+    """True when every rank passes True (an all-reduce of ``min``; the identity in one process)."""
+    if not is_distributed():
+        return mine
+    flag = torch.tensor([1 if mine else 0], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sum of ``values`` over ranks (the identity in one process)."""
+    if not is_distributed():
+        return list(values)
+    out = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.tolist()
+
+
+def _collective_device() -> torch.device:
+    """Where a small tensor must live for a collective: NCCL only moves CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

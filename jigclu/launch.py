@@ -14,6 +14,7 @@ from typing import Any, Callable
 from jigclu import storage
 from jigclu.config import RunConfig
 from jigclu.context import LocalContext, resolve_device
+from jigclu.data.stream import choose_loader
 from jigclu.errors import ConfigError
 from jigclu.runs import RunLayout, cleanup_failed, guard_new_run, run_name, run_root
 from jigclu.trainers import DOWNSTREAM, run_task, task_class
@@ -52,6 +53,7 @@ def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = No
         cfg = resolve_eval(cfg, task)
     cfg.name = run_name(task, cfg.name)
     check_storage_syntax(run_root(cfg))
+    cfg.data.loader = choose_loader(task, cfg)  # the saved config says which loader ran
     return cfg
 
 

@@ -17,6 +17,7 @@ size from the latest checkpoint when nodes come or go). The loop itself does not
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ from jigclu import storage
 from jigclu.config import RunConfig
 from jigclu.context import checkpoint_dir, state_in
 from jigclu.errors import ConfigError, JigcluError
+from jigclu.ray_data import quiet_data_context, train_datasets
 from jigclu.retrying_fs import retrying_filesystem
 from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root,
                          warn)
@@ -117,10 +119,12 @@ class RayTrainContext:
 
     progress = False
 
-    def __init__(self, run_dir: str, device: Any, after_report: ReportHook | None = None) -> None:
+    def __init__(self, run_dir: str, device: Any, after_report: ReportHook | None = None,
+                 streamed: bool = False) -> None:
         self.layout = RunLayout(run_dir)
         self.device = device
         self.after_report = after_report
+        self.streamed = streamed  # the trainer was given datasets= (data.loader=ray_data)
 
     @property
     def is_main(self) -> bool:
@@ -128,6 +132,9 @@ class RayTrainContext:
 
     def where(self) -> RunLayout:
         return self.layout
+
+    def dataset_shard(self, name: str) -> Any | None:
+        return ray.train.get_dataset_shard(name) if self.streamed else None
 
     def load_state(self) -> dict[str, Any] | None:
         state = self._load_state()
@@ -167,7 +174,8 @@ def _train_fn(loop_config: dict[str, Any]) -> None:
     import ray.train.torch as rtt
 
     cfg = RunConfig.model_validate(loop_config["config"])
-    ctx = RayTrainContext(loop_config["run_dir"], device=rtt.get_device(), after_report=loop_config.get("after_report"))
+    ctx = RayTrainContext(loop_config["run_dir"], device=rtt.get_device(), after_report=loop_config.get("after_report"),
+                          streamed=cfg.data.loader == "ray_data")
     run_task(loop_config["task"], cfg, ctx)
 
 
@@ -190,6 +198,17 @@ def check_resources(cfg: RunConfig, local_cluster: bool) -> None:
                               f"{total.get('GPU', 0):g} GPUs")
 
 
+def _local_cpus(cfg: RunConfig) -> int | None:
+    """CPUs of a local Ray: the machine's, plus room for Ray Data's decode tasks when streaming
+    (Ray Data only uses what Ray Train's workers leave; with none left it would wait forever)."""
+    if cfg.data.loader != "ray_data":
+        return None
+    workers = cfg.scaling.workers
+    most = workers[1] if isinstance(workers, tuple) else workers
+    need = most * cfg.scaling.cpus_per_worker + 2 * cfg.data.decode_cpus
+    return max(os.cpu_count() or 1, math.ceil(need))
+
+
 def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | None = None,
                  after_report: ReportHook | None = None) -> TorchTrainer:
     """The TorchTrainer of run ``cfg.name`` under storage ``root`` (the CLI's and each sweep trial's)."""
@@ -199,6 +218,7 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
         resources["GPU"] = 1
     return TorchTrainer(
         _train_fn,
+        datasets=train_datasets(cfg),
         train_loop_config={"task": task, "config": cfg.model_dump(mode="json"),
                            "run_dir": storage.join(root, cfg.name), "after_report": after_report},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
@@ -292,7 +312,8 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
     layout = RunLayout.of(root, cfg.name)
     storage.check_writable(root)
     created = guard_new_run(layout, resume)
-    init_ray(address, verbose)
+    init_ray(address, verbose, num_cpus=_local_cpus(cfg))
+    quiet_data_context(verbose)
     check_resources(cfg, local_cluster=not (address or os.environ.get("RAY_ADDRESS")))
     layout.save_config(cfg)  # only once every check has passed: a refused run leaves nothing
     trainer = make_trainer(task, cfg, root, after_report=after_report)

@@ -56,6 +56,9 @@ class TuneTrialContext:
     def where(self) -> RunLayout:
         return self.layout
 
+    def dataset_shard(self, name: str) -> Any | None:
+        return None
+
     def load_state(self) -> dict[str, Any] | None:
         return state_from(tune.get_checkpoint())
 

@@ -162,3 +162,20 @@ def balanced_subset_indices(
         perm = torch.randperm(len(members), generator=generator)
         chosen.append(members[perm[: min(k, len(members))]])
     return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.long)
+
+
+VAL_SALT = 7919  # the validation split's generator: seed + salt, apart from every other subset's
+
+
+def stratified(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Exactly ``count`` indices, each class's share proportional to its size (largest remainders)."""
+    classes, sizes = torch.unique(labels, return_counts=True)
+    exact = sizes.double() * count / len(labels)
+    quota = exact.floor().long()
+    quota[torch.argsort(exact - quota, descending=True)[:count - int(quota.sum())]] += 1
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls, k in zip(classes.tolist(), quota.tolist()):
+        members = torch.nonzero(labels == cls).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.cat(chosen).sort().values

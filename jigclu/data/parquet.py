@@ -30,6 +30,8 @@ META_CLASSES = b"jigclu.classes"
 META_CHANNELS = b"jigclu.channels"
 META_IMAGE_SIZE = b"jigclu.image_size"
 META_SOURCE = b"jigclu.source"
+# How the ``image`` column is encoded ("png" or "jpeg"); informational, the reader decodes by content.
+META_IMAGE_FORMAT = b"jigclu.image_format"
 
 
 class ArrowBlobs:
@@ -77,7 +79,7 @@ def load_parquet(req: Request) -> ImageDataset:
     if not fragments:
         raise DataError(f"parquet: no .parquet files in {where}; {req.hint}")
     schema = dataset.schema
-    _check_parquet_schema(schema, where)
+    check_parquet_schema(schema, where)
     has_split = "split" in schema.names
     if not has_split and req.split == "test":
         # Returning the training rows as "test" would silently evaluate on training data.
@@ -152,7 +154,7 @@ def load_parquet(req: Request) -> ImageDataset:
     )
 
 
-def _check_parquet_schema(schema: pa.Schema, where: str) -> None:
+def check_parquet_schema(schema: pa.Schema, where: str) -> None:
     """The columns we need exist with usable types."""
     problems = []
     if "image" not in schema.names or not (

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from jigclu.augment import IMAGENET_MEAN, IMAGENET_STD, to_float_rgb
 from jigclu.data import ImageDataset, load_dataset
+from jigclu.data.loader import VAL_SALT, stratified
 from jigclu.errors import DataError
 
 
@@ -87,9 +88,6 @@ class SubsetDataset(Dataset):
         return self.dataset[int(self.indices[i])]
 
 
-_VAL_SALT = 7919  # the validation split's generator: seed + salt, apart from every other subset's
-
-
 def split_validation(dataset: ImageDataset, val_size: float | None, seed: int,
                      what: str = "data") -> tuple[ImageDataset, ImageDataset | None]:
     """``(train, val)``: a seeded, class-balanced validation split carved from ``dataset``.
@@ -108,24 +106,10 @@ def split_validation(dataset: ImageDataset, val_size: float | None, seed: int,
     if count < dataset.num_classes:
         raise DataError(f"data.val_size={val_size:g} gives {count} validation images, fewer than the "
                         f"{dataset.num_classes} classes of {what}; use at least one per class")
-    val = _stratified(torch.as_tensor(dataset.labels, dtype=torch.long), count, seed + _VAL_SALT)
+    val = stratified(torch.as_tensor(dataset.labels, dtype=torch.long), count, seed + VAL_SALT)
     keep = torch.ones(n, dtype=torch.bool)
     keep[val] = False
     return dataset.subset(torch.nonzero(keep).flatten()), dataset.subset(val)
-
-
-def _stratified(labels: Tensor, count: int, seed: int) -> Tensor:
-    """Exactly ``count`` indices, each class's share proportional to its size (largest remainders)."""
-    classes, sizes = torch.unique(labels, return_counts=True)
-    exact = sizes.double() * count / len(labels)
-    quota = exact.floor().long()
-    quota[torch.argsort(exact - quota, descending=True)[:count - int(quota.sum())]] += 1
-    gen = torch.Generator().manual_seed(seed)
-    chosen = []
-    for cls, k in zip(classes.tolist(), quota.tolist()):
-        members = torch.nonzero(labels == cls).flatten()
-        chosen.append(members[torch.randperm(len(members), generator=gen)[:k]])
-    return torch.cat(chosen).sort().values
 
 
 def training_splits(cfg: Any) -> tuple[ImageDataset, ImageDataset | None]:

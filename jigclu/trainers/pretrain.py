@@ -20,12 +20,14 @@ from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
 from jigclu.context import RunContext
 from jigclu.data import make_loader
+from jigclu.data.stream import STREAM_NAME, plan_stream
+from jigclu.data.stream_loader import StreamLoader, read_sample
 from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import jigsaw_labels, patch_layout, random_permutation, step_seed, stitch
 from jigclu.losses import JigCluLoss
 from jigclu.models import JigCluModel
 from jigclu.trainers.common import cosine_lambda, training_splits
-from jigclu.trainers.knn import CollapseRule, held_out_monitor
+from jigclu.trainers.knn import CollapseRule, KnnMonitor, held_out_monitor
 from jigclu.trainers.loop import StepResult, Task, run, wrap_ddp
 
 _PATCH_SALT, _PERM_SALT = 1, 2
@@ -90,22 +92,26 @@ class PretrainTask(Task):
         if local_batch < 2:
             raise ConfigError(f"data.batch_size={self.global_batch} leaves fewer than 2 images per worker "
                               f"on {world} workers")
-        train_ds, val_ds = training_splits(cfg)
-        self.steps_per_epoch = len(train_ds) // self.global_batch
+        self.stream = None
+        if cfg.data.loader == "ray_data":
+            num_classes, train_rows = self._setup_stream(cfg, ctx, local_batch)
+        else:
+            train_ds, val_ds = training_splits(cfg)
+            num_classes, train_rows = train_ds.num_classes, len(train_ds)
+            self.loader, self.sampler = make_loader(train_ds, local_batch, num_replicas=world, rank=rank,
+                                                    seed=cfg.seed, num_workers=cfg.data.num_workers,
+                                                    pin_memory=self.device.type == "cuda")
+            self.monitor = None
+            if cfg.monitor.knn and rank == 0 and num_classes >= 2:  # one class: no labels to score
+                self.monitor = held_out_monitor(cfg, train_ds, val_ds)
+        self.steps_per_epoch = train_rows // self.global_batch
         if self.steps_per_epoch == 0:
-            raise DataError(f"{cfg.data.dataset} has {len(train_ds)} training images, fewer than "
+            raise DataError(f"{cfg.data.dataset} has {train_rows} training images, fewer than "
                             f"data.batch_size={self.global_batch}")
         if cfg.train.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
         self.epochs = cfg.train.epochs
-        self.loader, self.sampler = make_loader(train_ds, local_batch, num_replicas=world, rank=rank, seed=cfg.seed,
-                                                num_workers=cfg.data.num_workers,
-                                                pin_memory=self.device.type == "cuda")
-        self.monitor = None
-        if cfg.monitor.knn and rank == 0 and train_ds.num_classes >= 2:  # one class: no labels to score
-            self.monitor = held_out_monitor(cfg, train_ds, val_ds)
-        self.collapse = CollapseRule(cfg.monitor.collapse_std, cfg.monitor.collapse_patience,
-                                     train_ds.num_classes, state)
+        self.collapse = CollapseRule(cfg.monitor.collapse_std, cfg.monitor.collapse_patience, num_classes, state)
 
         self.model = build_model(cfg).to(self.device)
         self.model.gather_features = cfg.jigsaw.montage_scope == "global"
@@ -125,6 +131,28 @@ class PretrainTask(Task):
             self.init_scores = {f"init_{k}": scores[k] for k in ("knn_top1", "probe_top1") if k in scores}
         self.trained = wrap_ddp(self.model, self.device)
 
+    def _setup_stream(self, cfg: RunConfig, ctx: RunContext, local_batch: int) -> tuple[int, int]:
+        """``data.loader=ray_data``: this worker's shard of the Ray Data stream, and a monitor on a
+        bounded, seeded sample; returns (classes, training rows per global epoch)."""
+        shard = ctx.dataset_shard(STREAM_NAME)
+        if shard is None:
+            raise ConfigError("data.loader=ray_data needs a Ray Train run (scaling.workers >= 1)")
+        plan = plan_stream(cfg.data.dataset.partition(":")[2], image_size=cfg.data.image_size,
+                           val_size=cfg.data.val_size, val_seed=cfg.data.val_seed, limit=cfg.data.limit)
+        self.stream = StreamLoader(shard, local_batch, seed=cfg.seed, rank=dist.rank(), on_corrupt=cfg.data.on_corrupt,
+                                   shuffle_buffer=cfg.data.shuffle_buffer, agree=dist.all_agree)
+        self.loader = self.sampler = self.stream
+        self.monitor = None
+        queries, split = (plan.val_units, "val") if plan.val_units else (plan.test_units, "test")
+        if cfg.monitor.knn and dist.rank() == 0 and plan.num_classes >= 2 and queries:
+            mon, seed = cfg.monitor, cfg.data.val_seed
+            self.monitor = KnnMonitor.from_datasets(
+                read_sample(plan, plan.units, mon.train_limit, seed, "train"),
+                read_sample(plan, queries, mon.test_limit, seed + 1, split), cfg.jigsaw.crop_size, mon.k,
+                mon.knn_temperature, None, None, seed=seed, probe=mon.probe, split=split)
+        world = dist.world_size()
+        return plan.num_classes, (plan.num_rows // world) * world  # Ray's equal split leaves the rest out
+
     def start_epoch(self, epoch: int) -> None:
         super().start_epoch(epoch)
         self.trained.train()
@@ -136,17 +164,21 @@ class PretrainTask(Task):
                                               step_seed(cfg.seed, epoch, step), cfg.jigsaw.montage_scope)
         out = jigclu_losses(self.trained, self.criterion, montages, perm, total, cfg.train.amp)
         stats = {key: out[key].item() for key in ("loss", "loss_clu", "loss_loc", "loc_acc")}
+        stats["steps"] = 1
         return out["loss"], stats, self.global_batch
 
     def after_step(self) -> None:
         self.scheduler.step()
 
     def end_epoch(self, epoch: int, sums: dict[str, Any], seconds: float) -> dict[str, Any]:
-        metrics: dict[str, Any] = {k: sums.get(k, 0.0) / self.steps_per_epoch
-                                   for k in ("loss", "loss_clu", "loss_loc", "loc_acc")}
+        steps = max(sums.get("steps", 0), 1)  # a stream may end a step or two early (corrupt images)
+        metrics: dict[str, Any] = {k: sums.get(k, 0.0) / steps for k in ("loss", "loss_clu", "loss_loc", "loc_acc")}
         metrics["loc_acc"] *= 100.0
         metrics.update(lr=self.scheduler.get_last_lr()[0], loss_temperature=self.criterion.clu.temperature,
-                       images_per_s=self.steps_per_epoch * self.global_batch / max(seconds, 1e-9))
+                       images_per_s=steps * self.global_batch / max(seconds, 1e-9))
+        if self.stream is not None:  # every worker: what the stream delivered this epoch, all workers together
+            seen, corrupt = dist.all_reduce_sum([self.stream.rows, self.stream.corrupt])
+            metrics.update(images_seen=int(seen), corrupt_skipped=int(corrupt))
         every = self.cfg.monitor.every
         if self.monitor is not None and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs):
             metrics.update(self.monitor.evaluate(self.model.backbone, self.device), knn_split=self.monitor.split)

@@ -1,0 +1,320 @@
+"""A streaming plan of a ``parquet:`` source: which row groups to read, made from metadata alone.
+
+The in-memory readers (:mod:`jigclu.data.parquet`) read every image of a split into every
+process, which is impossible at ImageNet scale on a cluster. A :class:`StreamPlan` instead lists
+the source's Parquet *row groups* (:class:`Unit`) with their row counts and, where the
+``split`` column's statistics tell it, their split; nothing but file footers is read to make it
+(a row group that mixes splits has its small ``split`` column read). The plan is what Ray Data
+reads and decodes, unit by unit, in its own tasks (:mod:`jigclu.ray_data`), and what a worker
+reads a bounded sample from for the kNN monitor (:func:`read_rows`).
+
+Every row has a *key*: the unit's ``offset`` plus its row number inside the unit, unique over
+the plan, so a test (or a user) can check that an epoch saw every image exactly once.
+
+The validation split (``data.val_size``) is carved class-balanced and seeded, as for in-memory
+sources, but from a seeded *sample of row groups* holding about ``4 x`` its size, so only their
+``label`` column is read; its rows are skipped by the stream (``Unit.skip``).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from jigclu import storage
+from jigclu.data.images import ImageSize
+from jigclu.data.loader import VAL_SALT, stratified
+from jigclu.data.parquet import HINT, META_CHANNELS, META_CLASSES, META_IMAGE_SIZE, check_parquet_schema
+from jigclu.data.request import resolve
+from jigclu.errors import DataError
+
+STREAM_NAME = "train"  # the streamed dataset's name in Ray Train (datasets=, get_dataset_shard)
+_VAL_POOL_FACTOR = 4  # the validation split is carved from row groups holding ~4x its size
+_SAMPLE_SALT = 104729  # seeds the row-group orders of the monitor samples (apart from the val split's)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One Parquet row group to stream: ``rows`` rows, keys ``offset .. offset + rows - 1``."""
+
+    path: str  # on the plan's filesystem
+    row_group: int
+    rows: int
+    offset: int
+    skip: tuple[int, ...] = ()  # rows of the group not streamed (another split, the validation split)
+
+    @property
+    def kept(self) -> int:
+        return self.rows - len(self.skip)
+
+
+@dataclass
+class StreamPlan:
+    """What to stream: the train units, the held-out sample's units, and how to decode."""
+
+    location: str  # the source URI or path, as the user wrote it (without ``parquet:``)
+    units: list[Unit]  # the training rows
+    channels: int
+    image_size: ImageSize
+    classes: list[str]
+    val_units: list[Unit] = field(default_factory=list)  # rows of the validation split (as ``skip``'s complement)
+    test_units: list[Unit] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(u.kept for u in self.units)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _files(location: str) -> tuple[pafs.FileSystem, list[str], pa.Schema, str]:
+    fs, path = resolve(location)
+    where = storage.display(fs, path)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"parquet: {where} does not exist; {HINT}")
+        if info.type == pafs.FileType.File:
+            files = [path]
+        else:  # shards, not the _SUCCESS markers, READMEs or hidden staging files beside them
+            files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                           if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+                           and not f.base_name.startswith((".", "_")) and "/." not in f.path[len(path):])
+        if not files:
+            raise DataError(f"parquet: no .parquet files in {where}; {HINT}")
+        schema = pads.dataset(files, filesystem=fs, format="parquet").schema
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"parquet: cannot read {where}: {str(exc).splitlines()[0]}") from exc
+    check_parquet_schema(schema, where)
+    return fs, files, schema, where
+
+
+def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
+    with fs.open_input_file(path) as handle:
+        return pq.ParquetFile(handle).metadata
+
+
+def _group_split(meta: pq.FileMetaData, group: int, column: int | None) -> str | None:
+    """The split of every row of a row group, from its ``split`` statistics; None if mixed or unknown."""
+    if column is None:  # no split column: every row is a training row
+        return "train"
+    stats = meta.row_group(group).column(column).statistics
+    if stats is None or not stats.has_min_max or stats.null_count:
+        return None
+    low, high = stats.min, stats.max
+    low, high = (v.decode() if isinstance(v, bytes) else v for v in (low, high))
+    return low if low == high else None
+
+
+def _split_rows(fs: pafs.FileSystem, unit: Unit) -> np.ndarray:
+    """The ``split`` value of every row of a mixed row group (only that small column is read)."""
+    with fs.open_input_file(unit.path) as handle:
+        column = pq.ParquetFile(handle).read_row_group(unit.row_group, columns=["split"])["split"]
+    return np.asarray(column.to_pylist(), dtype=object)
+
+
+def _wanted(split: str) -> tuple[str, ...]:
+    return ("train",) if split == "train" else ("test", "val")
+
+
+def _units_of(fs: pafs.FileSystem, files: list[str], schema: pa.Schema, split: str) -> list[Unit]:
+    """Every row group of ``files`` holding rows of ``split``, rows of other splits skipped."""
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one footer read per file; object stores: in parallel
+        footers = list(pool.map(lambda f: _footer(fs, f), files))
+    units, offset = [], 0
+    for path, meta in zip(files, footers):
+        names = meta.schema.to_arrow_schema().names
+        column = names.index("split") if "split" in schema.names and "split" in names else None
+        for group in range(meta.num_row_groups):
+            rows = meta.row_group(group).num_rows
+            unit = Unit(path, group, rows, offset)
+            offset += rows
+            whole = _group_split(meta, group, column)
+            if whole is not None:
+                if whole in _wanted(split) and rows:
+                    units.append(unit)
+                continue
+            values = _split_rows(fs, unit)
+            skip = tuple(int(i) for i in np.flatnonzero(~np.isin(values, _wanted(split))))
+            if len(skip) < rows:
+                units.append(replace(unit, skip=skip))
+    return units
+
+
+def _decode_settings(fs: pafs.FileSystem, schema: pa.Schema, units: list[Unit],
+                     image_size: int | None) -> tuple[int, ImageSize]:
+    """Channels and size from jigclu's metadata, else from the first image (one row group read)."""
+    meta = schema.metadata or {}
+    channels = int(meta[META_CHANNELS]) if META_CHANNELS in meta else None
+    size: ImageSize | None = (image_size, image_size) if image_size else None
+    if size is None and META_IMAGE_SIZE in meta:
+        h, w = (int(v) for v in meta[META_IMAGE_SIZE].decode().split(","))
+        size = (h, w)
+    if channels is None or size is None:
+        from PIL import Image
+        import io
+
+        first = read_rows(fs, units[0], np.arange(min(units[0].rows, 1)), columns=("image",))["image"][0]
+        with Image.open(io.BytesIO(first)) as img:
+            channels = channels or (1 if img.mode in ("1", "L", "LA", "La") else 3)
+            size = size or (img.size[1], img.size[0])
+    return channels, size
+
+
+def _classes(schema: pa.Schema, fs: pafs.FileSystem, files: list[str]) -> list[str]:
+    """Class names from jigclu's metadata, else ``"0".."K-1"`` with K from the label statistics."""
+    meta = schema.metadata or {}
+    if META_CLASSES in meta:
+        return [str(c) for c in json.loads(meta[META_CLASSES])]
+    high = -1
+    for path in files:
+        footer = _footer(fs, path)
+        column = footer.schema.to_arrow_schema().get_field_index("label")
+        for group in range(footer.num_row_groups):
+            stats = footer.row_group(group).column(column).statistics
+            if stats is None or not stats.has_min_max:
+                raise DataError(f"parquet: {path} has no label statistics and no jigclu class metadata; "
+                                f"write it with 'jigclu data convert' to stream it")
+            high = max(high, int(stats.max))
+    return [str(c) for c in range(high + 1)]
+
+
+def read_rows(fs: pafs.FileSystem, unit: Unit, rows: np.ndarray,
+              columns: tuple[str, ...] = ("image", "label")) -> dict[str, list[Any]]:
+    """``columns`` of the given rows of one unit (its row group read once, then the rows taken)."""
+    with fs.open_input_file(unit.path) as handle:
+        table = pq.ParquetFile(handle).read_row_group(unit.row_group, columns=list(columns))
+    taken = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
+    return {name: taken[name].to_pylist() for name in columns}
+
+
+def plan_stream(location: str, *, image_size: int | None = None, val_size: float | None = None,
+                val_seed: int = 0, limit: int | None = None) -> StreamPlan:
+    """The :class:`StreamPlan` of ``parquet:location`` (made from metadata; see the module docstring)."""
+    fs, files, schema, where = _files(location)
+    units = _units_of(fs, files, schema, "train")
+    if not units:
+        raise DataError(f"parquet: {where} has no rows whose split is train")
+    test_units = _units_of(fs, files, schema, "test") if "split" in schema.names else []
+    channels, size = _decode_settings(fs, schema, units, image_size)
+    plan = StreamPlan(location, units, channels, size, _classes(schema, fs, files), test_units=test_units)
+    if val_size is not None:
+        plan = _carve_validation(plan, fs, val_size, val_seed, where)
+    if limit is not None:
+        plan.units = _first_rows(plan.units, limit)
+    return plan
+
+
+def _first_rows(units: list[Unit], limit: int) -> list[Unit]:
+    """The units holding the first ``limit`` kept rows (the last one cut short with ``skip``)."""
+    out, left = [], limit
+    for unit in units:
+        if left <= 0:
+            break
+        if unit.kept > left:
+            keep = [r for r in range(unit.rows) if r not in set(unit.skip)][:left]
+            unit = replace(unit, skip=tuple(sorted(set(range(unit.rows)) - set(keep))))
+        out.append(unit)
+        left -= unit.kept
+    return out
+
+
+def _carve_validation(plan: StreamPlan, fs: pafs.FileSystem, val_size: float, seed: int, where: str) -> StreamPlan:
+    """Hold out a class-balanced, seeded validation split from a seeded sample of the train units."""
+    total = plan.num_rows
+    count = int(val_size) if val_size >= 1 else round(val_size * total)
+    if count >= total or count < 1:
+        raise DataError(f"data.val_size={val_size:g} asks for {count} validation images but {where} has "
+                        f"{total} training images")
+    order = np.random.default_rng(seed + VAL_SALT).permutation(len(plan.units))
+    pool, rows = [], 0
+    for i in order:
+        pool.append(int(i))
+        rows += plan.units[i].kept
+        if rows >= min(total, _VAL_POOL_FACTOR * count):
+            break
+    candidates: list[tuple[int, int]] = []  # (unit index, row)
+    labels: list[int] = []
+    for i in pool:
+        unit = plan.units[i]
+        keep = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))
+        labels.extend(read_rows(fs, unit, keep, columns=("label",))["label"])
+        candidates.extend((i, int(r)) for r in keep)
+    if count < len(set(labels)):
+        raise DataError(f"data.val_size={val_size:g} gives {count} validation images, fewer than the classes of "
+                        f"{where}; use at least one per class")
+    chosen = stratified(torch.as_tensor(labels), count, seed + VAL_SALT).tolist()
+    held: dict[int, list[int]] = {}
+    for c in chosen:
+        i, row = candidates[c]
+        held.setdefault(i, []).append(row)
+    units, val_units = [], []
+    for i, unit in enumerate(plan.units):
+        if i in held:
+            val_rows = set(held[i])
+            val_units.append(replace(unit, skip=tuple(r for r in range(unit.rows) if r not in val_rows)))
+            unit = replace(unit, skip=tuple(sorted(set(unit.skip) | val_rows)))
+        if unit.kept:
+            units.append(unit)
+    return replace(plan, units=units, val_units=val_units)
+
+
+def sample_units(units: list[Unit], limit: int | None, seed: int) -> list[tuple[Unit, np.ndarray]]:
+    """A bounded, seeded sample of ``limit`` kept rows: whole row groups in a seeded order, so only
+    the few groups that hold the sample are read."""
+    order = np.random.default_rng(seed + _SAMPLE_SALT).permutation(len(units))
+    out, left = [], limit if limit is not None else sum(u.kept for u in units)
+    for i in order:
+        if left <= 0:
+            break
+        unit = units[int(i)]
+        keep = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))[:left]
+        if len(keep):
+            out.append((unit, keep))
+            left -= len(keep)
+    return out
+
+
+def choose_loader(task: str, cfg: Any) -> str:
+    """``memory`` or ``ray_data`` for ``cfg`` (``data.loader: auto`` resolved); one line when impossible.
+
+    ``auto`` streams a ``parquet:`` pretraining source of at least ``data.stream_min_images``
+    training rows (counted from its footers) when the run has Ray Train workers; everything else
+    (small sets, single-process runs, downstream trainers) reads into memory.
+    """
+    from jigclu.data.datasets import parse_spec
+    from jigclu.errors import ConfigError
+
+    loader, workers = cfg.data.loader, cfg.scaling.workers
+    kind, location = parse_spec(cfg.data.dataset)
+    if loader == "memory" or (loader == "auto" and (kind != "parquet" or task != "pretrain" or workers == 0)):
+        return "memory"
+    if kind != "parquet":
+        raise ConfigError(f"data.loader=ray_data streams parquet: sources, not {kind}; convert it first with "
+                          f"'jigclu data convert {cfg.data.dataset} DEST' and use data.dataset=parquet:DEST")
+    if task != "pretrain":
+        raise ConfigError(f"data.loader=ray_data streams pretraining data; {task} reads its data into memory "
+                          f"(data.loader=memory)")
+    if workers == 0:
+        raise ConfigError("data.loader=ray_data streams into Ray Train workers: set scaling.workers >= 1 "
+                          "(or data.loader=memory)")
+    if not location:
+        raise DataError(f"parquet needs a location: parquet:/dir or parquet:s3://bucket/prefix; {HINT}")
+    plan = plan_stream(location, image_size=cfg.data.image_size, limit=cfg.data.limit)  # footers only
+    if loader == "auto" and plan.num_rows < cfg.data.stream_min_images:
+        return "memory"
+    return "ray_data"
+
+
+__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "choose_loader", "plan_stream", "read_rows", "sample_units"]

@@ -1,0 +1,181 @@
+"""Reading a :class:`~jigclu.data.stream.StreamPlan`: decoding units and batching a worker's shard.
+
+Two halves, both free of Ray so they run (and are tested) in a plain process:
+
+* :class:`DecodeUnits` is the function Ray Data maps over the plan's unit numbers, in its own
+  tasks on any node with CPUs: it reads one row group, decodes and resizes its images to uint8
+  and yields them in chunks. A corrupt image is not dropped there but *marked* (``ok`` false,
+  ``error`` naming it), so the training side can count it exactly and apply ``on_corrupt``.
+* :class:`StreamLoader` turns a worker's shard (what ``ray.train.get_dataset_shard`` returns, or
+  any object with the same ``iter_batches``) into exact ``(images, labels, keys)`` batches of the
+  per-worker size: it drops the marked rows (or raises, with ``on_corrupt=fail``), refills the
+  batch from the next rows, shuffles locally with a seed of (seed, epoch, rank), and keeps the
+  workers in step: every step they agree that each still has a full batch (one tiny all-reduce),
+  so a worker that ran short never leaves the others waiting in a collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from jigclu.data.encoded import decode_image
+from jigclu.data.images import TensorImageDataset
+from jigclu.data.stream import StreamPlan, Unit, read_rows, sample_units
+from jigclu.errors import DataError
+
+CHUNK_ROWS = 256  # rows per decoded block: a few MB at ImageNet sizes
+
+
+class DecodeUnits:
+    """Ray Data ``map_batches`` function: unit numbers -> decoded chunks of their rows.
+
+    Output columns: ``image`` uint8 ``[n, C, H, W]``, ``label`` int64, ``key`` int64 (unit
+    offset + row), ``ok`` bool and ``error`` (``""`` for a good row).
+    """
+
+    def __init__(self, plan: StreamPlan, units: list[Unit] | None = None) -> None:
+        self.location = plan.location
+        self.units = plan.units if units is None else units
+        self.channels, self.size = plan.channels, plan.image_size
+        self._fs: Any = None
+
+    def _filesystem(self) -> Any:
+        if self._fs is None:  # resolved in the task's process: filesystems are not always picklable
+            from jigclu.data.request import resolve
+
+            self._fs = resolve(self.location)[0]
+        return self._fs
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for index in np.asarray(batch["id"]).tolist():
+            yield from self.decode_unit(self.units[int(index)])
+
+    def decode_unit(self, unit: Unit) -> Iterator[dict[str, np.ndarray]]:
+        rows = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))
+        data = read_rows(self._filesystem(), unit, rows)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            part = slice(start, start + CHUNK_ROWS)
+            yield self.decode(data["image"][part], data["label"][part], unit.offset + rows[part],
+                              [f"{unit.path} row {r}" for r in rows[part].tolist()])
+
+    def decode(self, blobs: list[bytes | None], labels: list[int], keys: np.ndarray,
+               where: list[str]) -> dict[str, np.ndarray]:
+        n, (h, w) = len(blobs), self.size
+        images = np.zeros((n, self.channels, h, w), dtype=np.uint8)
+        ok = np.ones(n, dtype=bool)
+        errors = [""] * n
+        mode = "L" if self.channels == 1 else "RGB"
+        for i, blob in enumerate(blobs):
+            try:
+                if blob is None:
+                    raise ValueError("image is null")
+                images[i] = decode_image(blob, mode, self.size).numpy()
+            except Exception as exc:  # noqa: BLE001 - PIL signals corruption through many exception types
+                ok[i], errors[i] = False, f"{where[i]}: {type(exc).__name__}: {exc}"
+        return {"image": images, "label": np.asarray(labels, dtype=np.int64), "key": np.asarray(keys, np.int64),
+                "ok": ok, "error": np.asarray(errors, dtype=object)}
+
+
+Agree = Callable[[bool], bool]
+"""``agree(mine)`` -> True when every worker says True (an all-reduce of ``min``; identity alone)."""
+
+
+class StreamLoader:
+    """Exact per-worker batches from a streaming shard (see the module docstring).
+
+    Args:
+        shard: has ``iter_batches(batch_size=, batch_format="numpy", local_shuffle_buffer_size=,
+            local_shuffle_seed=)`` yielding dicts of :class:`DecodeUnits`' columns.
+        batch_size: rows per worker per step.
+        seed, rank: seed the per-epoch local shuffle as (seed, epoch, rank).
+        on_corrupt: ``skip`` (count and leave out) or ``fail`` (raise :class:`DataError`).
+        shuffle_buffer: rows of the local shuffle buffer (0: none).
+        agree: how workers agree every step (``jigclu.dist.all_agree``).
+    """
+
+    def __init__(self, shard: Any, batch_size: int, *, seed: int = 0, rank: int = 0, on_corrupt: str = "skip",
+                 shuffle_buffer: int = 0, agree: Agree = lambda mine: mine) -> None:
+        self.shard, self.batch_size = shard, batch_size
+        self.seed, self.rank, self.on_corrupt = seed, rank, on_corrupt
+        self.shuffle_buffer, self.agree = shuffle_buffer, agree
+        self.epoch = 0
+        self.rows = self.corrupt = 0  # this epoch, this worker
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.rows = self.corrupt = 0
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        shuffle = self.shuffle_buffer > 0
+        return self.shard.iter_batches(
+            batch_size=self.batch_size, batch_format="numpy",
+            local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
+            local_shuffle_seed=(self.seed * 1_000_003 + self.epoch * 1009 + self.rank) % 2**31 if shuffle else None)
+
+    def _good_rows(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        for batch in batches:
+            ok = np.asarray(batch["ok"], dtype=bool)
+            if not ok.all():
+                bad = np.flatnonzero(~ok)
+                if self.on_corrupt == "fail":
+                    raise DataError(f"corrupt image {batch['error'][bad[0]]} (data.on_corrupt=fail; "
+                                    f"use data.on_corrupt=skip to leave such images out)")
+                self.corrupt += len(bad)
+                batch = {k: np.asarray(v)[ok] for k, v in batch.items()}
+            yield batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        batches = self._batches()
+        pending: list[dict[str, np.ndarray]] = []
+        held = 0
+        try:
+            for batch in self._good_rows(batches):
+                pending.append(batch)
+                held += len(batch["label"])
+                while held >= self.batch_size:
+                    out, pending, held = _take(pending, self.batch_size)
+                    if not self.agree(True):
+                        return
+                    self.rows += self.batch_size
+                    yield (torch.from_numpy(out["image"]), torch.from_numpy(out["label"]),
+                           torch.from_numpy(out["key"]))
+            self.agree(False)  # this worker has no full batch left: every worker stops here
+        finally:
+            for _ in batches:  # the shard must be read to its end before the next epoch's read starts
+                pass
+
+    def __len__(self) -> int:
+        raise TypeError("a stream's length is the plan's (StreamPlan.num_rows); the loop counts steps itself")
+
+
+def _take(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list, int]:
+    """The first ``n`` rows of the pending chunks, and what is left."""
+    merged = {k: np.concatenate([np.asarray(b[k]) for b in pending]) for k in ("image", "label", "key")}
+    rest = {k: v[n:] for k, v in merged.items()}
+    out = {k: np.ascontiguousarray(v[:n]) for k, v in merged.items()}
+    left = len(rest["label"])
+    return out, ([rest] if left else []), left
+
+
+def read_sample(plan: StreamPlan, units: list[Unit], limit: int | None, seed: int, split: str) -> TensorImageDataset:
+    """A bounded, seeded sample of ``units``' rows, decoded into memory (the kNN monitor's bank or
+    queries); only the row groups holding the sample are read, corrupt images left out."""
+    from jigclu.data.request import resolve
+
+    decoder, fs = DecodeUnits(plan, units), resolve(plan.location)[0]
+    parts = []
+    for unit, rows in sample_units(units, limit, seed):
+        data = read_rows(fs, unit, rows)
+        parts.append(decoder.decode(data["image"], data["label"], unit.offset + rows, [unit.path] * len(rows)))
+    ok = np.concatenate([p["ok"] for p in parts])
+    images = np.concatenate([p["image"] for p in parts])[ok]
+    labels = np.concatenate([p["label"] for p in parts])[ok]
+    return TensorImageDataset(torch.from_numpy(images), torch.from_numpy(labels), name=f"parquet:{plan.location}",
+                              split=split, classes=plan.classes)
+
+
+__all__ = ["CHUNK_ROWS", "DecodeUnits", "StreamLoader", "read_sample"]

@@ -1,0 +1,58 @@
+"""Ray Data wrapper: a :class:`~jigclu.data.stream.StreamPlan` as a streaming Ray Dataset.
+
+This and :mod:`jigclu.ray_train` are the only ``jigclu`` modules that import Ray. The dataset is
+``range(units) -> randomize_block_order -> map_batches(DecodeUnits)``: the unit order is shuffled
+before anything is read (a block shuffle *after* the read would hold the whole dataset in the
+object store), seeded by ``seed`` and the execution index, so each epoch reads the row groups in
+a different, seeded order. Reading and decoding run in Ray Data tasks of ``data.decode_cpus``
+CPUs each, on any node with CPUs; Ray Train splits the stream between its workers
+(``streaming_split(equal=True)``: every worker gets as many rows, up to ``world_size - 1`` rows of
+an epoch are left out) and re-splits it at the new size when an elastic run changes size.
+
+What is deterministic: the unit order of the k-th read of a dataset (``seed``, k), each unit's
+rows, and each worker's local shuffle (seed, epoch, rank). What is not: which worker gets which
+unit (Ray hands blocks to whichever worker asks first), and so the exact batches; and the read
+count restarts when Ray Train restarts its worker group, so a resumed run reads in another order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+import ray.data
+from ray.data import DataContext, RandomSeedConfig
+
+from jigclu.config import RunConfig
+from jigclu.data.stream import STREAM_NAME, StreamPlan, plan_stream
+from jigclu.data.stream_loader import DecodeUnits
+
+
+def quiet_data_context(verbose: bool = False) -> None:
+    """No Ray Data progress bars or per-operator logs unless ``--verbose``."""
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    ctx.execution_options.verbose_progress = verbose
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def stream_dataset(plan: StreamPlan, seed: int, decode_cpus: float = 0.5) -> ray.data.Dataset:
+    """The training rows of ``plan`` as a Ray Dataset of decoded uint8 chunks (see the module docstring)."""
+    units = ray.data.range(len(plan.units), override_num_blocks=len(plan.units))
+    units = units.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    return units.map_batches(DecodeUnits(plan), batch_size=1, batch_format="numpy", num_cpus=decode_cpus)
+
+
+def train_datasets(cfg: RunConfig) -> dict[str, Any] | None:
+    """``datasets=`` for the run's TorchTrainer: the stream when ``data.loader`` is ``ray_data``."""
+    if cfg.data.loader != "ray_data":
+        return None
+    plan = plan_stream(cfg.data.dataset.partition(":")[2], image_size=cfg.data.image_size,
+                       val_size=cfg.data.val_size, val_seed=cfg.data.val_seed, limit=cfg.data.limit)
+    return {STREAM_NAME: stream_dataset(plan, cfg.seed, cfg.data.decode_cpus)}
+
+
+__all__ = ["quiet_data_context", "stream_dataset", "train_datasets"]
