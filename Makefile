@@ -8,13 +8,14 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # pytest workers etc. stay modest: CI has 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: setup data test test-fast demo demo-pretrain bench bench-quality bench-sweeps faults gpu-check clean help
+.PHONY: setup data test test-fast demo demo-pretrain bench bench-quality bench-sweeps bench-stream faults gpu-check clean help
 
 help:
 	@echo "make demo   - set up, then run the demo (real data, short run, report)"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the speed benchmarks (writes benchmarks/RESULTS.md)"
 	@echo "make bench-sweeps - set up, then ASHA vs a full sweep on the same configs (RESULTS.md; ~15 min)"
+	@echo "make bench-stream - set up, then peak RSS per Ray Train worker and img/s, in-memory vs Ray Data, 12k/120k images (RESULTS.md; ~15 min)"
 	@echo "make faults - set up, then run the fault matrix (faults injected from outside; ~8 min)"
 	@echo "make gpu-check - set up, then check the CUDA path (2-rank global montage, augment, bf16, img/s, memory)"
 
@@ -65,6 +66,11 @@ bench-quality: setup
 # ASHA vs a full sweep on the same 12 configs, Spearman of the first rung, seed spread (~15 min on 2 cores)
 bench-sweeps: setup
 	$(BIN)/python benchmarks/asha_vs_full.py
+
+# Peak RSS per Ray Train worker and img/s, in-memory reader vs Ray Data, on 12k and 120k synthetic
+# JPEG images (generated once into $TMPDIR/jigclu-bench-stream): ## Streaming data (~15 min on 2 cores)
+bench-stream: setup
+	$(BIN)/python benchmarks/stream_memory.py
 
 # Faults injected from outside a real run (kill, Ctrl-C, full disk, S3 outage...): ## Fault matrix
 faults: setup

@@ -1,7 +1,7 @@
 """Ray Data wrapper: a :class:`~jigclu.data.stream.StreamPlan` as a streaming Ray Dataset.
 
 This and :mod:`jigclu.ray_train` are the only ``jigclu`` modules that import Ray. The dataset is
-``range(units) -> randomize_block_order -> map_batches(DecodeUnits)``: the unit order is shuffled
+``from_items(unit numbers) -> randomize_block_order -> map_batches(DecodeUnits)``: the unit order is shuffled
 before anything is read (a block shuffle *after* the read would hold the whole dataset in the
 object store), seeded by ``seed`` and the execution index, so each epoch reads the row groups in
 a different, seeded order. Reading and decoding run in Ray Data tasks of ``data.decode_cpus``
@@ -41,7 +41,9 @@ def quiet_data_context(verbose: bool = False) -> None:
 
 def stream_dataset(plan: StreamPlan, seed: int, decode_cpus: float = 0.5) -> ray.data.Dataset:
     """The training rows of ``plan`` as a Ray Dataset of decoded uint8 chunks (see the module docstring)."""
-    units = ray.data.range(len(plan.units), override_num_blocks=len(plan.units))
+    # from_items: the unit numbers are made here, not by read tasks (those want a whole CPU, which a
+    # node whose CPUs Train's workers hold cannot give: the stream would wait for it forever)
+    units = ray.data.from_items([{"id": i} for i in range(len(plan.units))], override_num_blocks=len(plan.units))
     units = units.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
     return units.map_batches(DecodeUnits(plan), batch_size=1, batch_format="numpy", num_cpus=decode_cpus)
 

@@ -176,3 +176,10 @@ def test_converted_shards_stream_with_their_metadata(tmp_path):
     assert plan.channels == 1 and plan.image_size == (16, 16) and len(plan.classes) == 10
     batch = next(iter(StreamLoader(UnitShard(plan), 32)))
     assert batch[0].shape == (32, 1, 16, 16)
+
+
+def test_source_without_decodable_images_is_one_line(tmp_path):
+    src = write_source(tmp_path / "pq", train=40, test=0, files=1, corrupt=tuple(range(40)))
+    with pytest.raises(DataError, match="could be decoded") as err:
+        plan_stream(str(src))
+    assert "\n" not in str(err.value)

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from jigclu import storage
+from jigclu.data.encoded import probe_image
 from jigclu.data.images import ImageSize
 from jigclu.data.loader import VAL_SALT, stratified
 from jigclu.data.parquet import HINT, META_CHANNELS, META_CLASSES, META_IMAGE_SIZE, check_parquet_schema
@@ -161,14 +162,16 @@ def _decode_settings(fs: pafs.FileSystem, schema: pa.Schema, units: list[Unit],
     if size is None and META_IMAGE_SIZE in meta:
         h, w = (int(v) for v in meta[META_IMAGE_SIZE].decode().split(","))
         size = (h, w)
-    if channels is None or size is None:
-        from PIL import Image
-        import io
-
-        first = read_rows(fs, units[0], np.arange(min(units[0].rows, 1)), columns=("image",))["image"][0]
-        with Image.open(io.BytesIO(first)) as img:
-            channels = channels or (1 if img.mode in ("1", "L", "LA", "La") else 3)
-            size = size or (img.size[1], img.size[0])
+    if channels is None or size is None:  # the first decodable image of the first unit decides
+        unit = units[0]
+        rows = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))
+        probes = [probe_image(b) for b in read_rows(fs, unit, rows, columns=("image",))["image"]]
+        good = [p for p in probes if p.ok]
+        if not good:
+            raise DataError(f"parquet: none of the images of {unit.path} row group {unit.row_group} could be "
+                            f"decoded ({probes[0].error}); is the image column encoded PNG/JPEG?")
+        channels = channels or (1 if good[0].mode in ("1", "L", "LA", "La") else 3)
+        size = size or good[0].size
     return channels, size
 
 

@@ -145,8 +145,9 @@ class StreamLoader:
                            torch.from_numpy(out["key"]))
             self.agree(False)  # this worker has no full batch left: every worker stops here
         finally:
-            for _ in batches:  # the shard must be read to its end before the next epoch's read starts
-                pass
+            close = getattr(batches, "close", None)
+            if close is not None:  # stopped early (a capped epoch): Ray Data stops this split's read now
+                close()
 
     def __len__(self) -> int:
         raise TypeError("a stream's length is the plan's (StreamPlan.num_rows); the loop counts steps itself")

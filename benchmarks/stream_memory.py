@@ -1,0 +1,425 @@
+"""Streaming data: peak memory per Ray Train worker and throughput, in-memory reader vs Ray Data.
+
+Two synthetic Parquet datasets, ~12k and ~120k JPEG images at 64 px (10 classes of noisy shapes,
+generated on the fly from (seed, index) and written by ``jigclu.data.write_parquet``; cached
+between runs), each trained by the same short ``jigclu pretrain`` run with 2 Ray Train workers and
+``data.loader`` = ``memory`` (today's reader: every worker process holds every image's encoded
+bytes) or ``ray_data`` (decoded in Ray Data tasks, streamed into the workers). Both loaders run the
+same number of steps, alternately, size by size.
+
+While a run goes, every ``RayTrainWorker`` process's RSS is sampled every 0.25 s (psutil); a run's
+figure is the largest per-worker peak. Throughput is end-to-end training images per second: the
+images of all epochs over the sum of their ``epoch_time_s`` (``metrics.jsonl``); wall is the whole
+command (Ray start, data load, teardown).
+
+Targets (from the issue): the Ray Data path's per-worker peak RSS grows <= 1.2x when the dataset
+grows 10x, at >= 0.8x the in-memory path's training throughput.
+
+    python benchmarks/stream_memory.py            # writes ## Streaming data: memory per worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import common  # noqa: E402  (sibling module; puts the repository on sys.path)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from jigclu.data import ImageDataset  # noqa: E402
+
+TITLE = "Streaming data: memory per worker"
+SIZES = (12_000, 120_000)
+LOADERS = ("memory", "ray_data")
+PX, QUALITY, CLASSES, SEED = 64, 90, 10, 0
+BATCH = 64  # global batch (32 per worker)
+SHARD_MB, ROW_GROUP_ROWS = 16, 1024
+CACHE = Path(tempfile.gettempdir()) / "jigclu-bench-stream"
+CACHE_VERSION = 1  # bump when the generator changes
+SAMPLE_S = 0.25
+RSS_GROWTH_TARGET, THROUGHPUT_TARGET = 1.2, 0.8
+# generation and run time on 2 cores (AMD EPYC), for the time estimate printed first
+GEN_S_PER_IMAGE = 0.0007
+RUN_START_S, STEP_S = 45.0, 0.5  # a run's fixed cost (Ray, workers, data plan or load) and per step
+
+# the run: digits.yaml's small model, at the data's 64 px, short epochs, no kNN monitor
+OVERRIDES = [
+    "data.image_size=64", "jigsaw.crop_size=64", "model.width=8", f"data.batch_size={BATCH}",
+    "scaling.workers=2", "monitor.knn=false", "train.progress=false",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic dataset
+
+
+class NoisyShapes(ImageDataset):
+    """``n`` RGB images of 10 classes of shapes (disc, square, triangle, stripes, ring, cross,
+    diagonal stripes, checkerboard, two discs) in random colours, places and sizes, plus Gaussian
+    noise; item ``i`` is made from ``(seed, i)`` when asked for, so nothing is held in memory."""
+
+    def __init__(self, n: int, seed: int = SEED) -> None:
+        super().__init__(name=f"noisy_shapes:{n}", split="train", classes=[f"shape{c}" for c in range(CLASSES)],
+                         labels=torch.arange(n) % CLASSES, channels=3, image_size=(PX, PX))
+        self.seed = seed
+        self._yy, self._xx = np.mgrid[0:PX, 0:PX].astype(np.float32)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        c = self._label_list[index]
+        rng = np.random.default_rng((self.seed, index))
+        bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        cy, cx = rng.uniform(0.3, 0.7, 2) * PX
+        r = rng.uniform(0.15, 0.35) * PX
+        yy, xx = self._yy, self._xx
+        dy, dx = yy - cy, xx - cx
+        d2, step = dy * dy + dx * dx, max(r / 3, 2.0)
+        mask = [
+            lambda: d2 < r * r,
+            lambda: (abs(dy) < r) & (abs(dx) < r),
+            lambda: (dy < r) & (abs(dx) < (dy + r) / 2),
+            lambda: (yy // step) % 2 == 0,
+            lambda: (xx // step) % 2 == 0,
+            lambda: (d2 < r * r) & (d2 > (0.6 * r) ** 2),
+            lambda: ((abs(dy) < r / 4) & (abs(dx) < r)) | ((abs(dx) < r / 4) & (abs(dy) < r)),
+            lambda: ((yy + xx) // (1.5 * step)) % 2 == 0,
+            lambda: ((yy // (1.5 * step)) + (xx // (1.5 * step))) % 2 == 0,
+            lambda: ((dy - r / 2) ** 2 + dx * dx < (r / 2) ** 2) | ((dy + r / 2) ** 2 + dx * dx < (r / 2) ** 2),
+        ][c]()
+        img = np.where(mask[..., None], fg, bg) + rng.normal(0, 12, (PX, PX, 3))
+        img = np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(img)), c
+
+
+def parquet_rows(path: Path) -> int | None:
+    """Rows in the shards under ``path`` (from the footers), or None when there are none."""
+    import pyarrow.parquet as pq
+
+    files = sorted(path.glob("*.parquet"))
+    if not files:
+        return None
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def dataset(n: int, cache: Path) -> tuple[Path, float | None]:
+    """The Parquet directory of ``n`` images (generated unless cached) and the generation seconds
+    (None when the cache was used)."""
+    from jigclu.data import write_parquet
+
+    path = cache / f"noisy_shapes-{n}-{PX}px-q{QUALITY}-v{CACHE_VERSION}"
+    if parquet_rows(path) == n:
+        return path, None
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    common.progress(f"generating {n:,} images ({PX} px, JPEG q{QUALITY}) into {path} ...")
+    start = time.perf_counter()
+    write_parquet(NoisyShapes(n), str(path), image_format="jpeg", quality=QUALITY, shard_mb=SHARD_MB,
+                  row_group_rows=ROW_GROUP_ROWS)
+    seconds = time.perf_counter() - start
+    common.progress(f"generated {n:,} images in {seconds:.0f} s ({n / seconds:,.0f} img/s)")
+    return path, seconds
+
+
+def dataset_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.parquet"))
+
+
+# ---------------------------------------------------------------------------------------------
+# One run, its workers' memory sampled from outside
+
+
+class RssSampler(threading.Thread):
+    """Polls the process tree under ``root`` every ``SAMPLE_S`` for the peak RSS of each Ray Train
+    worker (title ``ray::RayTrainWorker...``) and of each process that ran a Ray Data decode task
+    (title ``ray::MapBatches(DecodeUnits)`` at some sample; its peak counts over all its titles,
+    ``ray::IDLE`` included, as a pool worker keeps what a task left behind)."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.train_peak: dict[int, int] = {}
+        self.peak: dict[int, int] = {}
+        self.decode_pids: set[int] = set()
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.root)
+        except psutil.NoSuchProcess:
+            return
+        while not self._halt.is_set():
+            try:
+                procs = root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            for p in procs:
+                try:
+                    title = " ".join(p.cmdline())
+                    rss = p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+                if "RayTrainWorker" in title:
+                    self.train_peak[p.pid] = max(self.train_peak.get(p.pid, 0), rss)
+                elif "DecodeUnits" in title:
+                    self.decode_pids.add(p.pid)
+            self.samples += 1
+            self._halt.wait(SAMPLE_S)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    @property
+    def decode_peak(self) -> int:
+        return max((self.peak[pid] for pid in self.decode_pids), default=0)
+
+
+def read_epochs(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_once(data: Path, loader: str, steps: int, epochs: int, out: Path, name: str, timeout: float) -> dict[str, Any]:
+    """One ``jigclu pretrain`` subprocess; its workers' peak RSS, throughput and wall time."""
+    jigclu = Path(sys.executable).with_name("jigclu")
+    cmd = [str(jigclu), "pretrain", "--config", str(common.REPO_ROOT / "configs" / "digits.yaml"),
+           f"data.dataset=parquet:{data}", f"data.loader={loader}", *OVERRIDES,
+           f"train.epochs={epochs}", f"train.steps_per_epoch={steps}", f"output_dir={out}", f"name={name}"]
+    log = out / f"{name}.log"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "wb") as sink:
+        # its own session: on a timeout the whole tree (Ray included) is ended through its group
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=common.REPO_ROOT,
+                                start_new_session=True)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            rc = None
+        finally:
+            sampler.stop()
+    wall = time.perf_counter() - start
+    epochs_seen = read_epochs(out / name)
+    result: dict[str, Any] = {"loader": loader, "rc": rc, "wall": wall, "log": log, "epochs": epochs_seen,
+                              "workers": len(sampler.train_peak), "samples": sampler.samples,
+                              "peak_rss": max(sampler.train_peak.values(), default=0),
+                              "worker_peaks": sorted(sampler.train_peak.values()),
+                              "decode_peak": sampler.decode_peak,
+                              "decode_workers": len(sampler.decode_pids)}
+    if rc != 0 or len(epochs_seen) != epochs:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        why = "timed out" if rc is None else f"exit code {rc}"
+        result["error"] = f"{why}, {len(epochs_seen)}/{epochs} epochs; log tail:\n" + "\n".join(tail)
+        return result
+    steps_done, images, seconds, prev = 0, 0, 0.0, 0
+    for e in epochs_seen:
+        images += (e["step"] - prev) * BATCH
+        steps_done += e["step"] - prev
+        prev = e["step"]
+        seconds += e["epoch_time_s"]
+    result.update(images=images, steps=steps_done, train_s=seconds, images_per_s=images / seconds,
+                  images_seen=[e.get("images_seen") for e in epochs_seen],
+                  world_size=epochs_seen[-1].get("world_size"))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+MIB = 1 << 20
+COLUMNS = ["loader", "images", "peak RSS per worker (MiB)", "images/s", "wall s", "decode workers (MiB)"]
+
+
+def rows(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: tuple[int, ...]) -> list[list[str]]:
+    out = []
+    for n in sizes:
+        for loader in LOADERS:
+            runs = [r for r in results.get((loader, n), []) if "error" not in r]
+            if not runs:
+                out.append([loader, f"{n:,}", "failed", "-", "-", "-"])
+                continue
+            rss = max(r["peak_rss"] for r in runs) / MIB
+            ips = np.median([r["images_per_s"] for r in runs])
+            wall = np.median([r["wall"] for r in runs])
+            decode = max(r["decode_peak"] for r in runs) / MIB
+            out.append([loader, f"{n:,}", f"{rss:,.0f}", f"{ips:,.0f}", f"{wall:,.0f}",
+                        f"{decode:,.0f} ({max(r['decode_workers'] for r in runs)})" if decode else "-"])
+    return out
+
+
+def ratios(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: tuple[int, ...]) -> dict[str, Any]:
+    def ok(loader: str, n: int) -> list[dict[str, Any]]:
+        return [r for r in results.get((loader, n), []) if "error" not in r]
+
+    small, big = sizes[0], sizes[-1]
+    out: dict[str, Any] = {"growth": {}, "throughput": {}}
+    for loader in LOADERS:
+        a, b = ok(loader, small), ok(loader, big)
+        if a and b:
+            out["growth"][loader] = max(r["peak_rss"] for r in b) / max(r["peak_rss"] for r in a)
+    for n in sizes:
+        m, s = ok("memory", n), ok("ray_data", n)
+        if m and s:
+            out["throughput"][n] = (float(np.median([r["images_per_s"] for r in s]))
+                                    / float(np.median([r["images_per_s"] for r in m])))
+    return out
+
+
+def verdicts(rat: dict[str, Any], sizes: tuple[int, ...]) -> list[str]:
+    lines = []
+    growth = rat["growth"].get("ray_data")
+    factor = sizes[-1] / sizes[0]
+    for loader in LOADERS:
+        g = rat["growth"].get(loader)
+        text = "n/a (a run failed)" if g is None else f"{g:.2f}x"
+        lines.append(f"- peak RSS per worker, {sizes[-1]:,} / {sizes[0]:,} images ({factor:.0f}x the data), "
+                     f"`{loader}`: {text}")
+    lines.append(f"- target: `ray_data` grows <= {RSS_GROWTH_TARGET}x: "
+                 + ("n/a" if growth is None else ("MET" if growth <= RSS_GROWTH_TARGET else "**MISSED**")))
+    for n in sizes:
+        t = rat["throughput"].get(n)
+        lines.append(f"- throughput `ray_data` / `memory` at {n:,} images: " + ("n/a" if t is None else f"{t:.2f}x"))
+    ts = list(rat["throughput"].values())
+    lines.append(f"- target: `ray_data` >= {THROUGHPUT_TARGET}x `memory`'s throughput (at every size): "
+                 + ("n/a" if len(ts) < len(sizes) else ("MET" if min(ts) >= THROUGHPUT_TARGET else "**MISSED**")))
+    return lines
+
+
+def section(res: dict[str, Any], info: dict[str, str]) -> str:
+    sizes = res["sizes"]
+    gen = "; ".join(
+        f"{n:,} images: {res['bytes'][n] / MIB:,.0f} MiB in {res['shards'][n]} shards"
+        + (f", generated in {res['gen_s'][n]:.0f} s" if res["gen_s"].get(n) else ", from the cache")
+        for n in sizes)
+    failures = [f"`{f['loader']}` at {f['n']:,} images, attempt {f['attempt']} (after {f['wall']:.0f} s): "
+                + "; ".join(common.scrub(line.strip()) for line in f["error"].splitlines()[-4:] if line.strip())
+                for f in res["failures"]]
+    return "\n".join([
+        f"Peak RSS per Ray Train worker and end-to-end training throughput, today's in-memory reader "
+        f"(`data.loader=memory`: every worker holds every image's encoded bytes) vs the Ray Data path "
+        f"(`data.loader=ray_data`: decoded in Ray Data tasks, streamed into the workers), on synthetic "
+        f"Parquet datasets of {PX} px RGB JPEG (q{QUALITY}) images, 10 classes of noisy shapes, "
+        f"{SHARD_MB} MiB shards of {ROW_GROUP_ROWS}-row groups ({gen}). Each run: `jigclu pretrain` "
+        f"(configs/digits.yaml with {', '.join(f'`{o}`' for o in OVERRIDES[:5])}), {res['epochs']} epochs "
+        f"of {res['steps']} steps, the same for both loaders; loaders alternate, size by size, "
+        f"{res['rounds']} round(s). *peak RSS per worker*: the larger of the two `RayTrainWorker` "
+        f"processes' peak RSS, sampled every {SAMPLE_S} s from outside (max over rounds); *images/s*: "
+        "images trained in all epochs / sum of `epoch_time_s` (median over rounds); *wall*: the whole "
+        "command (Ray start, data load, teardown); *decode workers*: the largest peak RSS of a process that "
+        "ran Ray Data decode tasks (`ray::MapBatches(DecodeUnits)`), and how many did (RSS counts the "
+        "object-store pages a process maps). Targets: `ray_data`'s per-worker peak RSS grows "
+        f"<= {RSS_GROWTH_TARGET}x when the data grows 10x, at >= {THROUGHPUT_TARGET}x `memory`'s "
+        "throughput.",
+        "",
+        common.markdown_table(COLUMNS, rows(res["results"], sizes)),
+        "",
+        *verdicts(res["ratios"], sizes),
+        *([""] + [f"- failed run (retried once): {f}" for f in failures] if failures else []),
+        "",
+        common.info_block(info),
+    ])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description="peak RSS per Ray Train worker: in-memory reader vs Ray Data")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--steps", type=int, default=50, help="steps per epoch (both loaders)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the generated datasets are kept")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds before a run is ended")
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args(argv)
+    sizes = tuple(sorted(args.sizes))
+    missing = [n for n in sizes if parquet_rows(args.cache / f"noisy_shapes-{n}-{PX}px-q{QUALITY}-v{CACHE_VERSION}") != n]
+    gen_est = sum(missing) * GEN_S_PER_IMAGE
+    runs = len(sizes) * len(LOADERS) * args.rounds
+    per_run = RUN_START_S + STEP_S * args.steps * args.epochs
+    est = gen_est + runs * per_run
+    print(f"stream_memory: expect about {est / 60:.0f} min on 2 cores ("
+          + (f"generating {', '.join(f'{n:,}' for n in missing)} images ~{gen_est / 60:.1f} min, " if missing
+             else "datasets cached, ")
+          + f"{runs} pretraining runs of ~{per_run / 60:.1f} min; longer on a busy machine)", flush=True)
+    t_total = time.perf_counter()
+    info = common.machine_info("1 per Ray Train worker (Ray's default for 1-CPU workers)")
+    info["cpu capability"] = torch.backends.cpu.get_cpu_capability()
+
+    paths, gen_s = {}, {}
+    for n in sizes:
+        paths[n], gen_s[n] = dataset(n, args.cache)
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="jigclu-bench-stream-") as tmp:
+        counter = 0
+        failures: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            for n in sizes:
+                order = LOADERS if (r + sizes.index(n)) % 2 == 0 else LOADERS[::-1]
+                for loader in order:
+                    for attempt in (1, 2):  # one retry: a failed run is reported, not hidden
+                        counter += 1
+                        res = run_once(paths[n], loader, args.steps, args.epochs, Path(tmp), f"run{counter:02d}",
+                                       args.timeout)
+                        if "error" not in res:
+                            break
+                        kept = args.cache / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{loader}-{n}.log"
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(res["log"], kept)
+                        failures.append({"loader": loader, "n": n, "attempt": attempt, "wall": res["wall"],
+                                         "error": res["error"], "log": str(kept)})
+                        common.progress(f"{loader} at {n:,} images FAILED (attempt {attempt}) after "
+                                        f"{res['wall']:.0f} s; log kept at {kept}: {res['error']}")
+                    results.setdefault((loader, n), []).append(res)
+                    if "error" not in res:
+                        common.progress(
+                            f"{loader} at {n:,} images: peak RSS {res['peak_rss'] / MIB:,.0f} MiB "
+                            f"(workers {', '.join(f'{p / MIB:,.0f}' for p in res['worker_peaks'])}; "
+                            f"{res['samples']} samples), {res['images_per_s']:,.0f} img/s, wall {res['wall']:.0f} s, "
+                            f"decode workers {res['decode_workers']}, peak {res['decode_peak'] / MIB:,.0f} MiB, "
+                            f"images seen {res['images_seen']}")
+    res_all = {"sizes": sizes, "results": results, "ratios": ratios(results, sizes), "steps": args.steps,
+               "epochs": args.epochs, "rounds": args.rounds, "gen_s": gen_s, "failures": failures,
+               "bytes": {n: dataset_bytes(paths[n]) for n in sizes},
+               "shards": {n: len(list(paths[n].glob("*.parquet"))) for n in sizes}}
+    total = time.perf_counter() - t_total
+    info["total time"] = common.fmt_s(total)
+    common.print_table(f"{TITLE} ({args.epochs} x {args.steps} steps, 2 workers; total {total / 60:.1f} min)",
+                       COLUMNS, rows(results, sizes))
+    for line in verdicts(res_all["ratios"], sizes):
+        print(line.replace("**", ""))
+    if not args.no_write:
+        common.finish_info(info)
+        common.write_section(TITLE, section(res_all, info))
+    return res_all
+
+
+if __name__ == "__main__":
+    main()
