@@ -49,6 +49,7 @@ SHARD_MB, ROW_GROUP_ROWS = 16, 1024
 CACHE = Path(tempfile.gettempdir()) / "jigclu-bench-stream"
 CACHE_VERSION = 1  # bump when the generator changes
 SAMPLE_S = 0.25
+CPU_ROLES = ("train", "decode", "coordinator", "other")
 RSS_GROWTH_TARGET, THROUGHPUT_TARGET = 1.2, 0.8
 # generation and run time on 2 cores (AMD EPYC), for the time estimate printed first
 GEN_S_PER_IMAGE = 0.0007
@@ -112,14 +113,18 @@ def parquet_rows(path: Path) -> int | None:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def dataset(n: int, cache: Path) -> tuple[Path, float | None]:
-    """The Parquet directory of ``n`` images (generated unless cached) and the generation seconds
-    (None when the cache was used)."""
+def dataset(n: int, cache: Path) -> tuple[Path, float | None, bool]:
+    """The Parquet directory of ``n`` images (generated unless cached), the seconds its generation
+    took (kept beside it; None if unknown) and whether it came from the cache."""
     from jigclu.data import write_parquet
 
     path = cache / f"noisy_shapes-{n}-{PX}px-q{QUALITY}-v{CACHE_VERSION}"
+    record = path.with_name(path.name + ".json")  # beside, not inside: a reader takes every file inside
     if parquet_rows(path) == n:
-        return path, None
+        try:
+            return path, float(json.loads(record.read_text())["seconds"]), True
+        except (OSError, ValueError, KeyError):
+            return path, None, True
     if path.exists():
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +133,9 @@ def dataset(n: int, cache: Path) -> tuple[Path, float | None]:
     write_parquet(NoisyShapes(n), str(path), image_format="jpeg", quality=QUALITY, shard_mb=SHARD_MB,
                   row_group_rows=ROW_GROUP_ROWS)
     seconds = time.perf_counter() - start
+    record.write_text(json.dumps({"images": n, "seconds": seconds, "cpus": os.cpu_count()}))
     common.progress(f"generated {n:,} images in {seconds:.0f} s ({n / seconds:,.0f} img/s)")
-    return path, seconds
+    return path, seconds, False
 
 
 def dataset_bytes(path: Path) -> int:
@@ -140,18 +146,25 @@ def dataset_bytes(path: Path) -> int:
 # One run, its workers' memory sampled from outside
 
 
-class RssSampler(threading.Thread):
-    """Polls the process tree under ``root`` every ``SAMPLE_S`` for the peak RSS of each Ray Train
-    worker (title ``ray::RayTrainWorker...``) and of each process that ran a Ray Data decode task
-    (title ``ray::MapBatches(DecodeUnits)`` at some sample; its peak counts over all its titles,
-    ``ray::IDLE`` included, as a pool worker keeps what a task left behind)."""
+ROLES = (  # (role, what a process's title contains at some sample), first match wins
+    ("train", "RayTrainWorker"),
+    ("decode", "DecodeUnits"),  # ray::MapBatches(DecodeUnits): Ray Data decode tasks
+    ("coordinator", "SplitCoordinator"),  # Ray Data's streaming_split executor actor
+)
+
+
+class ProcessSampler(threading.Thread):
+    """Polls the process tree under ``root`` every ``SAMPLE_S``: each process's peak RSS and CPU
+    time, and its role from the titles it had (:data:`ROLES`; ``other`` when none matched). A
+    process's peak counts over all its titles (``ray::IDLE`` included: a pool worker keeps what a
+    task left behind); CPU time is the last sample's (a process that ends loses < ``SAMPLE_S``)."""
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.root = root
-        self.train_peak: dict[int, int] = {}
         self.peak: dict[int, int] = {}
-        self.decode_pids: set[int] = set()
+        self.cpu: dict[int, float] = {}
+        self.roles: dict[int, set[str]] = {}
         self.samples = 0
         self._halt = threading.Event()
 
@@ -171,13 +184,13 @@ class RssSampler(threading.Thread):
                 try:
                     title = " ".join(p.cmdline())
                     rss = p.memory_info().rss
+                    times = p.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
                 self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
-                if "RayTrainWorker" in title:
-                    self.train_peak[p.pid] = max(self.train_peak.get(p.pid, 0), rss)
-                elif "DecodeUnits" in title:
-                    self.decode_pids.add(p.pid)
+                self.cpu[p.pid] = times.user + times.system
+                roles = self.roles.setdefault(p.pid, set())
+                roles.update(role for role, marker in ROLES if marker in title)
             self.samples += 1
             self._halt.wait(SAMPLE_S)
 
@@ -185,9 +198,17 @@ class RssSampler(threading.Thread):
         self._halt.set()
         self.join()
 
-    @property
-    def decode_peak(self) -> int:
-        return max((self.peak[pid] for pid in self.decode_pids), default=0)
+    def role(self, pid: int) -> str:
+        return next((role for role, _ in ROLES if role in self.roles.get(pid, ())), "other")
+
+    def pids(self, role: str) -> list[int]:
+        return [pid for pid in self.peak if self.role(pid) == role]
+
+    def peaks(self, role: str) -> list[int]:
+        return sorted(self.peak[pid] for pid in self.pids(role))
+
+    def cpu_s(self, role: str) -> float:
+        return sum(self.cpu.get(pid, 0.0) for pid in self.pids(role))
 
 
 def read_epochs(run_dir: Path) -> list[dict[str, Any]]:
@@ -210,7 +231,7 @@ def run_once(data: Path, loader: str, steps: int, epochs: int, out: Path, name: 
         # its own session: on a timeout the whole tree (Ray included) is ended through its group
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=common.REPO_ROOT,
                                 start_new_session=True)
-        sampler = RssSampler(proc.pid)
+        sampler = ProcessSampler(proc.pid)
         sampler.start()
         try:
             rc = proc.wait(timeout=timeout)
@@ -227,11 +248,11 @@ def run_once(data: Path, loader: str, steps: int, epochs: int, out: Path, name: 
     wall = time.perf_counter() - start
     epochs_seen = read_epochs(out / name)
     result: dict[str, Any] = {"loader": loader, "rc": rc, "wall": wall, "log": log, "epochs": epochs_seen,
-                              "workers": len(sampler.train_peak), "samples": sampler.samples,
-                              "peak_rss": max(sampler.train_peak.values(), default=0),
-                              "worker_peaks": sorted(sampler.train_peak.values()),
-                              "decode_peak": sampler.decode_peak,
-                              "decode_workers": len(sampler.decode_pids)}
+                              "samples": sampler.samples, "worker_peaks": sampler.peaks("train"),
+                              "peak_rss": max(sampler.peaks("train"), default=0),
+                              "decode_peak": max(sampler.peaks("decode"), default=0),
+                              "decode_workers": len(sampler.pids("decode")),
+                              "cpu": {role: sampler.cpu_s(role) for role in CPU_ROLES}}
     if rc != 0 or len(epochs_seen) != epochs:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         why = "timed out" if rc is None else f"exit code {rc}"
@@ -253,7 +274,8 @@ def run_once(data: Path, loader: str, steps: int, epochs: int, out: Path, name: 
 # Report
 
 MIB = 1 << 20
-COLUMNS = ["loader", "images", "peak RSS per worker (MiB)", "images/s", "wall s", "decode workers (MiB)"]
+COLUMNS = ["loader", "images", "peak RSS per worker (MiB)", "images/s", "wall s", "decode workers (MiB)",
+           "CPU s: train / decode / coordinator / other"]
 
 
 def rows(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: tuple[int, ...]) -> list[list[str]]:
@@ -262,14 +284,15 @@ def rows(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: tuple[int,
         for loader in LOADERS:
             runs = [r for r in results.get((loader, n), []) if "error" not in r]
             if not runs:
-                out.append([loader, f"{n:,}", "failed", "-", "-", "-"])
+                out.append([loader, f"{n:,}", "failed", "-", "-", "-", "-"])
                 continue
             rss = max(r["peak_rss"] for r in runs) / MIB
             ips = np.median([r["images_per_s"] for r in runs])
             wall = np.median([r["wall"] for r in runs])
             decode = max(r["decode_peak"] for r in runs) / MIB
             out.append([loader, f"{n:,}", f"{rss:,.0f}", f"{ips:,.0f}", f"{wall:,.0f}",
-                        f"{decode:,.0f} ({max(r['decode_workers'] for r in runs)})" if decode else "-"])
+                        f"{decode:,.0f} ({max(r['decode_workers'] for r in runs)})" if decode else "-",
+                        " / ".join(f"{np.median([r['cpu'][role] for r in runs]):.0f}" for role in CPU_ROLES)])
     return out
 
 
@@ -283,11 +306,11 @@ def ratios(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: tuple[in
         a, b = ok(loader, small), ok(loader, big)
         if a and b:
             out["growth"][loader] = max(r["peak_rss"] for r in b) / max(r["peak_rss"] for r in a)
-    for n in sizes:
-        m, s = ok("memory", n), ok("ray_data", n)
-        if m and s:
-            out["throughput"][n] = (float(np.median([r["images_per_s"] for r in s]))
-                                    / float(np.median([r["images_per_s"] for r in m])))
+    for n in sizes:  # per round (the two loaders ran back to back), then the median over rounds
+        pairs = zip(results.get(("ray_data", n), []), results.get(("memory", n), []))
+        per_round = [s["images_per_s"] / m["images_per_s"] for s, m in pairs if "error" not in s and "error" not in m]
+        if per_round:
+            out["throughput"][n] = common.Ratio.of(per_round)
     return out
 
 
@@ -304,8 +327,9 @@ def verdicts(rat: dict[str, Any], sizes: tuple[int, ...]) -> list[str]:
                  + ("n/a" if growth is None else ("MET" if growth <= RSS_GROWTH_TARGET else "**MISSED**")))
     for n in sizes:
         t = rat["throughput"].get(n)
-        lines.append(f"- throughput `ray_data` / `memory` at {n:,} images: " + ("n/a" if t is None else f"{t:.2f}x"))
-    ts = list(rat["throughput"].values())
+        lines.append(f"- throughput `ray_data` / `memory` at {n:,} images: "
+                     + ("n/a" if t is None else f"{t.median:.2f}x ({t.low:.2f}-{t.high:.2f} over {t.n} rounds)"))
+    ts = [t.median for t in rat["throughput"].values()]
     lines.append(f"- target: `ray_data` >= {THROUGHPUT_TARGET}x `memory`'s throughput (at every size): "
                  + ("n/a" if len(ts) < len(sizes) else ("MET" if min(ts) >= THROUGHPUT_TARGET else "**MISSED**")))
     return lines
@@ -315,10 +339,12 @@ def section(res: dict[str, Any], info: dict[str, str]) -> str:
     sizes = res["sizes"]
     gen = "; ".join(
         f"{n:,} images: {res['bytes'][n] / MIB:,.0f} MiB in {res['shards'][n]} shards"
-        + (f", generated in {res['gen_s'][n]:.0f} s" if res["gen_s"].get(n) else ", from the cache")
+        + (f", generated in {res['gen_s'][n]:.0f} s" if res["gen_s"].get(n) is not None else "")
+        + (" (earlier: from the cache)" if res["cached"][n] else "")
         for n in sizes)
     failures = [f"`{f['loader']}` at {f['n']:,} images, attempt {f['attempt']} (after {f['wall']:.0f} s): "
-                + "; ".join(common.scrub(line.strip()) for line in f["error"].splitlines()[-4:] if line.strip())
+                + f["error"].splitlines()[0].removesuffix("; log tail:") + "; log: "
+                + " / ".join(common.scrub(line.strip()) for line in f["error"].splitlines()[1:][-3:] if line.strip())
                 for f in res["failures"]]
     return "\n".join([
         f"Peak RSS per Ray Train worker and end-to-end training throughput, today's in-memory reader "
@@ -328,12 +354,18 @@ def section(res: dict[str, Any], info: dict[str, str]) -> str:
         f"{SHARD_MB} MiB shards of {ROW_GROUP_ROWS}-row groups ({gen}). Each run: `jigclu pretrain` "
         f"(configs/digits.yaml with {', '.join(f'`{o}`' for o in OVERRIDES[:5])}), {res['epochs']} epochs "
         f"of {res['steps']} steps, the same for both loaders; loaders alternate, size by size, "
-        f"{res['rounds']} round(s). *peak RSS per worker*: the larger of the two `RayTrainWorker` "
+        f"{res['rounds']} round(s); epochs are capped (a {sizes[-1]:,}-image epoch is "
+        f"{sizes[-1] // BATCH:,} steps), so the Ray Data stream restarts every {res['steps']} steps and "
+        "decodes ahead of what a capped epoch uses. *peak RSS per worker*: the larger of the two `RayTrainWorker` "
         f"processes' peak RSS, sampled every {SAMPLE_S} s from outside (max over rounds); *images/s*: "
-        "images trained in all epochs / sum of `epoch_time_s` (median over rounds); *wall*: the whole "
+        "images trained in all epochs / sum of `epoch_time_s` (median over rounds; the ratio below: median "
+        "of per-round ratios, min-max); *wall*: the whole "
         "command (Ray start, data load, teardown); *decode workers*: the largest peak RSS of a process that "
         "ran Ray Data decode tasks (`ray::MapBatches(DecodeUnits)`), and how many did (RSS counts the "
-        "object-store pages a process maps). Targets: `ray_data`'s per-worker peak RSS grows "
+        "object-store pages a process maps); *CPU s*: CPU seconds of the run's processes by role "
+        "(median over rounds): the two Ray Train workers, the decode workers, Ray Data's `SplitCoordinator` "
+        "actor (the streaming executor behind `streaming_split`), everything else (driver excluded: Ray's "
+        "controller, pool workers starting up, dashboard, raylet). Targets: `ray_data`'s per-worker peak RSS grows "
         f"<= {RSS_GROWTH_TARGET}x when the data grows 10x, at >= {THROUGHPUT_TARGET}x `memory`'s "
         "throughput.",
         "",
@@ -373,9 +405,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = common.machine_info("1 per Ray Train worker (Ray's default for 1-CPU workers)")
     info["cpu capability"] = torch.backends.cpu.get_cpu_capability()
 
-    paths, gen_s = {}, {}
+    paths, gen_s, cached = {}, {}, {}
     for n in sizes:
-        paths[n], gen_s[n] = dataset(n, args.cache)
+        paths[n], gen_s[n], cached[n] = dataset(n, args.cache)
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="jigclu-bench-stream-") as tmp:
         counter = 0
@@ -399,14 +431,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         f"{res['wall']:.0f} s; log kept at {kept}: {res['error']}")
                     results.setdefault((loader, n), []).append(res)
                     if "error" not in res:
+                        cpu = " / ".join(f"{role} {res['cpu'][role]:.0f}" for role in CPU_ROLES)
                         common.progress(
                             f"{loader} at {n:,} images: peak RSS {res['peak_rss'] / MIB:,.0f} MiB "
                             f"(workers {', '.join(f'{p / MIB:,.0f}' for p in res['worker_peaks'])}; "
                             f"{res['samples']} samples), {res['images_per_s']:,.0f} img/s, wall {res['wall']:.0f} s, "
                             f"decode workers {res['decode_workers']}, peak {res['decode_peak'] / MIB:,.0f} MiB, "
+                            f"CPU s {cpu}, "
+                            f"epoch s {[round(e['epoch_time_s'], 1) for e in res['epochs']]}, "
                             f"images seen {res['images_seen']}")
     res_all = {"sizes": sizes, "results": results, "ratios": ratios(results, sizes), "steps": args.steps,
-               "epochs": args.epochs, "rounds": args.rounds, "gen_s": gen_s, "failures": failures,
+               "epochs": args.epochs, "rounds": args.rounds, "gen_s": gen_s, "cached": cached,
+               "failures": failures,
                "bytes": {n: dataset_bytes(paths[n]) for n in sizes},
                "shards": {n: len(list(paths[n].glob("*.parquet"))) for n in sizes}}
     total = time.perf_counter() - t_total

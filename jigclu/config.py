@@ -52,8 +52,9 @@ class DataConfig(_Section):
         "parquet sources of at least data.stream_min_images under Ray Train, else memory")
     stream_min_images: int = Field(200_000, ge=1, description="loader=auto streams parquet sources this large "
                                    "(counted from Parquet metadata)")
-    shuffle_buffer: int = Field(4096, ge=0, description="ray_data: rows in each worker's local shuffle buffer "
-                                "(seeded per epoch and rank); 0 = no local shuffle")
+    shuffle_buffer: int = Field(1024, ge=0, description="ray_data: rows in each worker's local shuffle buffer "
+                                "(seeded per epoch and rank; filled before the epoch's first step, so it costs "
+                                "start-up time and memory); 0 = no local shuffle")
     decode_cpus: float = Field(0.5, gt=0.0, le=64.0, description="ray_data: CPUs each Ray Data decode task "
                                "reserves")
 
