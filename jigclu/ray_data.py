@@ -25,7 +25,7 @@ import ray.data
 from ray.data import DataContext, RandomSeedConfig
 
 from jigclu.config import RunConfig
-from jigclu.data.stream import STREAM_NAME, StreamPlan, plan_stream
+from jigclu.data.stream import STREAM_NAME, StreamPlan, plan_for
 from jigclu.data.stream_loader import DecodeUnits
 
 
@@ -52,9 +52,7 @@ def train_datasets(cfg: RunConfig) -> dict[str, Any] | None:
     """``datasets=`` for the run's TorchTrainer: the stream when ``data.loader`` is ``ray_data``."""
     if cfg.data.loader != "ray_data":
         return None
-    plan = plan_stream(cfg.data.dataset.partition(":")[2], image_size=cfg.data.image_size,
-                       val_size=cfg.data.val_size, val_seed=cfg.data.val_seed, limit=cfg.data.limit)
-    return {STREAM_NAME: stream_dataset(plan, cfg.seed, cfg.data.decode_cpus)}
+    return {STREAM_NAME: stream_dataset(plan_for(cfg), cfg.seed, cfg.data.decode_cpus)}
 
 
 __all__ = ["quiet_data_context", "stream_dataset", "train_datasets"]

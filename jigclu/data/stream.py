@@ -219,6 +219,13 @@ def plan_stream(location: str, *, image_size: int | None = None, val_size: float
     return plan
 
 
+def plan_for(cfg: Any) -> StreamPlan:
+    """The plan of a run config's ``parquet:`` source (``data.image_size``, ``val_size``, ``val_seed``, ``limit``)."""
+    d = cfg.data
+    return plan_stream(d.dataset.partition(":")[2], image_size=d.image_size, val_size=d.val_size,
+                       val_seed=d.val_seed, limit=d.limit)
+
+
 def _first_rows(units: list[Unit], limit: int) -> list[Unit]:
     """The units holding the first ``limit`` kept rows (the last one cut short with ``skip``)."""
     out, left = [], limit
@@ -226,7 +233,8 @@ def _first_rows(units: list[Unit], limit: int) -> list[Unit]:
         if left <= 0:
             break
         if unit.kept > left:
-            keep = [r for r in range(unit.rows) if r not in set(unit.skip)][:left]
+            skipped = set(unit.skip)
+            keep = [r for r in range(unit.rows) if r not in skipped][:left]
             unit = replace(unit, skip=tuple(sorted(set(range(unit.rows)) - set(keep))))
         out.append(unit)
         left -= unit.kept
@@ -320,4 +328,4 @@ def choose_loader(task: str, cfg: Any) -> str:
     return "ray_data"
 
 
-__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "choose_loader", "plan_stream", "read_rows", "sample_units"]
+__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "choose_loader", "plan_for", "plan_stream", "read_rows", "sample_units"]

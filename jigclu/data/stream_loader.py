@@ -149,9 +149,6 @@ class StreamLoader:
             if close is not None:  # stopped early (a capped epoch): Ray Data stops this split's read now
                 close()
 
-    def __len__(self) -> int:
-        raise TypeError("a stream's length is the plan's (StreamPlan.num_rows); the loop counts steps itself")
-
 
 def _take(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list, int]:
     """The first ``n`` rows of the pending chunks, and what is left."""
