@@ -1,227 +1,175 @@
-"""Quality benchmark: does JigClu pretraining beat random init on real images, on a CPU budget?
+"""Quality benchmark: how good are JigClu's features, at equal CPU time with SimCLR? (make bench-quality)
 
-    python benchmarks/quality.py            (make bench-quality)
-    python benchmarks/quality.py --quick    (a smoke run: tiny budget, numbers meaningless)
+    python benchmarks/quality.py                       # the whole table (the time budget is printed first)
+    python benchmarks/quality.py --points 2.5,5,10,15  # a shorter curve
+    python benchmarks/quality.py --render DIR          # redraw RESULTS.md from the JSON files of a run
+    python benchmarks/quality.py --quick               # smoke run, seconds per stage, numbers meaningless
 
-On Fashion-MNIST (Debian's ``dataset-fashion-mnist``; scikit-learn's digits when it is not
-installed), a narrow small-image ResNet-18 is pretrained with JigClu for a fixed budget, then
-scored four ways, each against the same backbone from random init and against the same
-backbone trained fully supervised (all labels of the pool):
+Everything scores frozen, globally pooled features on the whole Fashion-MNIST test split (10k; the
+scikit-learn digits when Fashion-MNIST is not installed) with the same two measures
+(``benchmarks/budget_run.py``): the linear probe of ``jigclu/probe.py`` (standardised features,
+full-batch multinomial logistic regression, L2 strength chosen on a seeded 20% of the training
+side) and kNN (k = 20, cosine, the whole training split as the bank). Stages:
 
-* kNN on frozen features (no training);
-* linear evaluation (frozen backbone and BatchNorm, new linear classifier);
-* semi-supervised fine-tuning on 1% and 10% of the labels (class-balanced, seeded).
+1. **ablation**: one row per change of the recipe (``configs/fashion_mnist.yaml``), each for
+   ``--ablation-min`` minutes with every seed of ``--seeds``;
+2. **curve**: JigClu and SimCLR (same backbone, augmentation ops, optimiser, data order;
+   ``benchmarks/equal_time.py``) trained side by side for the same wall clock, snapshots scored
+   at each budget point;
+3. **references**: random init, raw pixels, and the same backbone trained supervised;
+4. **semi 1%**: ``jigclu semi`` on 1% of the labels (600, class-balanced) from the JigClu
+   checkpoint vs from random init, at rates that do not blow up on 600 labels;
+5. **export**: ``jigclu export`` of the JigClu checkpoint, loaded into a torchvision ResNet,
+   probed again (must match within 0.5 points).
 
-Everything runs through the real trainers (``jigclu.launch``), in a temporary directory. The
-table goes to ``benchmarks/RESULTS.md``, section ``## Quality`` (other sections are left as
-they are). About 10-12 minutes on 2 CPU cores.
+Runs go two at a time, one torch thread each (2 cores: each contender gets one core, and both
+sides of every comparison run under the same load). Results: ``## Quality`` in RESULTS.md and
+``benchmarks/quality_curve.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import json
 import os
-import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jigclu.config import load_config
+import common  # noqa: F401  (sibling module; puts the repository on sys.path)
+import quality_report
 from jigclu.data import FASHION_MNIST_DIR
-from jigclu.errors import TrainingError
-from jigclu.launch import launch
-from jigclu.trainers.knn import knn_eval
 
-import common  # noqa: E402 - the benchmarks' shared helpers (this folder is on sys.path)
+PY = sys.executable
+BENCH = Path(__file__).resolve().parent
 
-SECTION = "## Quality"
-
-
-@dataclass
-class Budget:
-    """Every knob of the benchmark, so the results file can state exactly what ran."""
-
-    dataset: str
-    image_size: int = 32
-    pool: int = 20000  # training images used (unlabeled for JigClu, the label pool for the rest)
-    width: int = 16
-    pretrain_epochs: int = 5
-    pretrain_batch: int = 128
-    pretrain_lr: float = 0.2  # per 256 images (scaled by the batch)
-    linear_epochs: int = 10
-    linear_batch: int = 64  # more steps per image seen: the forward pass is the CPU cost here
-    linear_lr: float = 0.1  # the paper's 30 suits ResNet-50 on ImageNet; it diverges on these features
-    linear_pool: int = 10000
-    semi_epochs: dict[str, int] = field(default_factory=lambda: {"1%": 50, "10%": 20})
-    semi_batch: int = 64
-    supervised_epochs: int = 4
-    val_limit: int = 2000
-    seed: int = 0
-
-    def common(self) -> list[str]:
-        return [f"data.dataset={self.dataset}", f"data.image_size={self.image_size}", f"data.limit={self.pool}",
-                "model.arch=resnet18_small", f"model.width={self.width}", f"jigsaw.crop_size={self.image_size}",
-                f"seed={self.seed}", "train.progress=false", f"eval.val_limit={self.val_limit}"]
+# (key, what changed vs the shipped recipe, overrides)
+ABLATION = [
+    ("paper", "the paper's patch augmentation (crop scale 0.2, blur p 0.5)",
+     ["jigsaw.crop_scale=0.2", "jigsaw.blur_p=0.5"]),
+    ("shipped", "shipped recipe: crop scale 0.5, no blur (configs/fashion_mnist.yaml)", []),
+    ("lr06", "lr 0.6 per 256 (3x)", ["optim.lr=0.6"]),
+    ("noloc", "no location loss (loss.w_loc 0)", ["loss.w_loc=0"]),
+]
+SEMI_RATES = ["eval.lr=0.01", "eval.classifier_lr=0.2"]  # the paper's 10% rates; its 1% classifier lr 5.0 blows up
 
 
-def quick(budget: Budget) -> Budget:
-    """A smoke-test budget (seconds, not minutes): checks the script, not the method."""
-    budget.pool, budget.linear_pool, budget.val_limit = 1024, 1024, 200
-    budget.pretrain_epochs, budget.linear_epochs, budget.supervised_epochs = 1, 2, 1
-    budget.semi_epochs = {"1%": 2, "10%": 2}
-    return budget
+def dataset() -> str:
+    return "fashion_mnist" if Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file() else "digits"
 
 
-def pick_dataset() -> str:
-    if Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file():
-        return "fashion_mnist"
-    return "digits"
+def job(out: Path, method: str, points: str, *overrides: str, save: Path | None = None) -> list[str]:
+    cmd = [PY, str(BENCH / "budget_run.py"), "--threads", "1", "--method", method, "--points", points,
+           "--out", str(out), *overrides]
+    return cmd + (["--save", str(save)] if save else [])
 
 
-class Bench:
-    """Runs the tasks in one scratch directory and keeps their results and timings."""
-
-    def __init__(self, budget: Budget, root: Path) -> None:
-        self.b, self.root = budget, root
-        self.times: dict[str, float] = {}
-
-    def train(self, task: str, name: str, *overrides: str) -> dict[str, Any]:
-        cfg = load_config(None, self.b.common() + [f"output_dir={self.root}", f"name={name}", *overrides])
-        t0 = time.perf_counter()
-        try:
-            summary = launch(task, cfg, progress=False, notify=lambda _note: None)
-        except TrainingError as exc:  # e.g. a diverging lr: report it in the table, keep going
-            print(f"  {name}: {exc}", flush=True)
-            summary = {"best_val_top1": float("nan"), "last": {"val_top1": float("nan")}}
-        self.times[name] = time.perf_counter() - t0
-        print(f"  {name}: {_headline(summary)} ({self.times[name]:.0f} s)", flush=True)
-        return summary
-
-    def knn(self, name: str, pretrained: str | None) -> float:
-        cfg = load_config(None, self.b.common() + ["monitor.train_limit=5000", f"monitor.test_limit={self.b.val_limit}"]
-                          + ([f"eval.pretrained={pretrained}"] if pretrained else []))
-        t0 = time.perf_counter()
-        top1 = knn_eval(cfg, device="cpu")["knn_top1"]
-        self.times[name] = time.perf_counter() - t0
-        print(f"  {name}: kNN top-1 {top1:.2f}%", flush=True)
-        return top1
-
-
-def _headline(summary: dict[str, Any]) -> str:
-    if summary.get("best_val_top1") is not None:
-        return f"val top-1 best {summary['best_val_top1']:.2f}%, last {summary['last']['val_top1']:.2f}%"
-    last = summary.get("last") or {}
-    return f"loss {last.get('loss', float('nan')):.3f}, location accuracy {last.get('loc_acc', float('nan')):.1f}%"
+def run_pairs(jobs: list[tuple[Path, list[str]]], label: str, minutes: float, env: dict[str, str]) -> None:
+    """Run ``jobs`` (result file, command) two at a time, with a bar over the stage's estimated
+    minutes (a plain line per finished run when not on a terminal); skip those whose file exists (a
+    rerun goes on where it stopped). A failed job prints its log's tail and stops the benchmark."""
+    todo = [(out, cmd) for out, cmd in jobs if not out.exists()]
+    tty = sys.stdout.isatty()
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("of ~{task.fields[est]}"),
+                  disable=not tty) as bar:
+        task = bar.add_task(f"{label} ({len(jobs)} runs)", total=max(minutes, 0.01) * 60, est=f"{minutes:.0f} min")
+        for i in range(0, len(todo), 2):
+            procs = []
+            for out, cmd in todo[i:i + 2]:
+                log = out.with_suffix(".log").open("w")
+                procs.append((out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            while any(p.poll() is None for _, p, _ in procs):
+                time.sleep(1.0)
+                bar.update(task, completed=min(time.perf_counter() - start, 0.99 * minutes * 60))
+            for out, proc, log in procs:
+                log.close()
+                if proc.returncode != 0 or not out.exists():
+                    tail = out.with_suffix(".log").read_text().strip().splitlines()[-5:]
+                    raise SystemExit(f"quality: {out.stem} failed (exit {proc.returncode}): " + " | ".join(tail))
+                if not tty:
+                    print(f"{label}: {out.stem} done ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+        bar.update(task, completed=max(minutes, 0.01) * 60)
 
 
-def run(budget: Budget, root: Path) -> dict[str, dict[str, float]]:
-    """All runs; returns ``{row: {column: top-1}}``."""
-    b, bench = budget, Bench(budget, root)
-    load = os.getloadavg()
-    print(f"quality benchmark on {b.dataset}: pool {b.pool} images, resnet18_small width {b.width}, "
-          f"{b.image_size} px, seed {b.seed}", flush=True)
-    bench.train("pretrain", "jigclu", f"data.batch_size={b.pretrain_batch}", f"optim.lr={b.pretrain_lr}",
-                "optim.warmup_epochs=0.5", f"train.epochs={b.pretrain_epochs}", "monitor.knn=false")
-    supervised = bench.train("finetune", "supervised", "eval.protocol=finetune", f"eval.epochs={b.supervised_epochs}",
-                             "eval.batch_size=128")
-    backbones = {"random init": None, "JigClu": str(root / "jigclu"), "supervised": str(root / "supervised")}
-    table: dict[str, dict[str, float]] = {"kNN (k=20)": {}, "linear probe": {}}
-    for column, ckpt in backbones.items():
-        table["kNN (k=20)"][column] = bench.knn(f"knn {column}", ckpt)
-        pre = [f"eval.pretrained={ckpt}"] if ckpt else []
-        summary = bench.train("linear", f"linear-{column.split()[0].lower()}", *pre, f"data.limit={b.linear_pool}",
-                              f"eval.epochs={b.linear_epochs}", f"eval.lr={b.linear_lr}", f"eval.batch_size={b.linear_batch}")
-        table["linear probe"][column] = summary["best_val_top1"]
-    # 1% twice: with the paper's 1% rates (classifier lr 5.0, tuned for ResNet-50 on 12.8k ImageNet
-    # labels) and with its 10% rates, since 5.0 blows up the classifier on 200 labels of this small net
-    semi_runs = [("1%", "paper 1% rates", []), ("1%", "10% rates", ["eval.lr=0.01", "eval.classifier_lr=0.2"]),
-                 ("10%", "paper rates", [])]
-    for labels, rates, extra in semi_runs:
-        row = table.setdefault(f"semi-supervised, {labels} labels ({rates})", {})
-        for column in ("random init", "JigClu"):
-            ckpt = backbones[column]
-            pre = [f"eval.pretrained={ckpt}"] if ckpt else []
-            name = f"semi{labels.rstrip('%')}-{'paper' if not extra else 'mild'}-{column.split()[0].lower()}"
-            summary = bench.train("semi", name, *pre, f"eval.labels={labels}", *extra,
-                                  f"eval.epochs={b.semi_epochs[labels]}", f"eval.batch_size={b.semi_batch}")
-            row[column] = summary["best_val_top1"]
-        row["supervised"] = supervised["best_val_top1"]
-    table["_times"] = dict(bench.times)
-    table["_load"] = load  # type: ignore[assignment]
-    return table
+def semi_jobs(root: Path, ckpt: Path, epochs: int, quick: bool) -> list[tuple[Path, list[str]]]:
+    jobs = []
+    for name, pre in (("jigclu", [f"eval.pretrained={ckpt}"]), ("random", [])):
+        out = root / f"semi-{name}.json"
+        cfg = [f"data.dataset={dataset()}", "data.image_size=32", "jigsaw.crop_size=32", "model.arch=resnet18_small",
+               "model.width=16", "eval.labels=1%", f"eval.epochs={epochs}", "eval.batch_size=64", *SEMI_RATES,
+               "train.progress=false", f"output_dir={root / 'runs'}", f"name=semi-{name}", *pre]
+        if quick:
+            cfg.append("eval.val_limit=500")
+        script = ("import json,sys; from jigclu.config import load_config; from jigclu.launch import launch; "
+                  "s=launch('semi', load_config(None, sys.argv[2:]), progress=False, notify=lambda n: None); "
+                  "open(sys.argv[1],'w').write(json.dumps({'best': s['best_val_top1'], 'last': s['last']['val_top1']}))")
+        jobs.append((out, [PY, "-c", script, str(out), *cfg]))
+    return jobs
 
 
-def markdown(budget: Budget, table: dict[str, dict[str, float]], elapsed: float, command: str) -> str:
-    b = budget
-    times = table.pop("_times")
-    lines = [
-        SECTION, "",
-        f"JigClu vs random init vs fully supervised, same backbone, top-1 % on {b.val_limit} test images "
-        f"(best epoch). Generated by `{command}` on {dt.date.today().isoformat()} "
-        f"({platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-        f"{elapsed / 60:.1f} min in all; 1-min load average {table.pop('_load')[0]:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end: other work on the machine stretches the times).", "",
-        "| evaluation | random init | JigClu | fully supervised | JigClu - random |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row, cols in table.items():
-        delta = cols["JigClu"] - cols["random init"]
-        lines.append(f"| {row} | {cols['random init']:.2f} | **{cols['JigClu']:.2f}** | "
-                     f"{cols['supervised']:.2f} | {delta:+.2f} |")
-    semi = ", ".join(f"{k}: {v} epochs" for k, v in b.semi_epochs.items())
-    lines += [
-        "",
-        f"- Data: `{b.dataset}` at {b.image_size} px; the first {b.pool} training images are the pool "
-        f"(unlabeled for JigClu, the label pool for semi and supervised); linear probes train on the first "
-        f"{b.linear_pool}. Backbone: `resnet18_small`, width {b.width}. Seed {b.seed}.",
-        f"- JigClu pretraining: {b.pretrain_epochs} epochs, batch {b.pretrain_batch}, lr {b.pretrain_lr} per 256, "
-        f"cosine, m = 2, T = 0.3, crop {b.image_size} px ({times.get('jigclu', 0):.0f} s).",
-        f"- Fully supervised: `jigclu finetune` (lr 0.1, wd 5e-4, x0.2 at 40/60/80% of the epochs, pad-4 crop "
-        f"+ flip) on all {b.pool} labels from random init, {b.supervised_epochs} epochs, batch 128 "
-        f"({times.get('supervised', 0):.0f} s). kNN / linear rows score its backbone's "
-        f"features; semi rows show its own top-1 (the ceiling the label subsets approach).",
-        f"- Linear probe: frozen backbone and BatchNorm, {b.linear_epochs} epochs, batch {b.linear_batch}, lr {b.linear_lr} "
-        f"(x0.1 at 60% and 80% of the epochs), random-resized crop + flip.",
-        f"- Semi-supervised: whole network, backbone / classifier lr 0.02 / 5.0 (paper, 1%) or 0.01 / 0.2 "
-        f"(paper, 10%), batch {b.semi_batch}, x0.1 at 30/60/90% of the epochs; {semi}; labels class-balanced "
-        f"from the pool (seed 0). The paper's 1% classifier rate of 5.0 suits ResNet-50 on 12.8k ImageNet "
-        f"labels; on this net and {b.pool // 100} labels it blows the classifier up, hence the second 1% row.",
-        f"- Wall time of each run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + ".",
-        "",
-    ]
-    return "\n".join(lines)
+def stage_minutes(args: argparse.Namespace) -> dict[str, float]:
+    """Wall-clock estimate of each stage (training budgets + ~2 min to score each snapshot on 1 core)."""
+    score = 0.1 if args.quick else 2.0
+    points = [float(p) for p in args.points.split(",")]
+    pairs = (len(ABLATION) * len(args.seeds) + 1) // 2
+    return {"ablation": pairs * (args.ablation_min + score), "curve": max(points) + score * len(points),
+            "references": args.supervised_min + 2 * score, "semi 1%": 0.5 if args.quick else 6.0, "export": score}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budget smoke run (does not write RESULTS.md)")
-    parser.add_argument("--dataset", default=None, help="dataset spec (default: fashion_mnist if installed, else digits)")
+    parser.add_argument("--points", default="5,10,20,30", help="budget points of the curve, minutes per method")
+    parser.add_argument("--ablation-min", type=float, default=3.0, help="minutes of training per ablation run")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
+    parser.add_argument("--supervised-min", type=float, default=10.0)
+    parser.add_argument("--semi-epochs", type=int, default=30)
+    parser.add_argument("--results", default=None, help="keep the JSON files here (a rerun skips finished runs)")
+    parser.add_argument("--render", default=None, metavar="DIR", help="only redraw RESULTS.md from DIR's JSON files")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, does not write RESULTS.md")
     args = parser.parse_args(argv)
-    budget = Budget(dataset=args.dataset or pick_dataset())
-    if budget.dataset == "digits":
-        budget.pool, budget.linear_pool, budget.val_limit = 1437, 1437, 360
     if args.quick:
-        budget = quick(budget)
-    torch.manual_seed(budget.seed)
-    root = Path(tempfile.mkdtemp(prefix="jigclu-quality-"))
+        args.points, args.ablation_min, args.seeds, args.supervised_min, args.semi_epochs = "0.05,0.1", 0.05, [0], 0.05, 1
+    if args.render:
+        quality_report.write(Path(args.render), ABLATION, args)
+        return 0
+    root = Path(args.results or tempfile.mkdtemp(prefix="jigclu-quality-"))
+    root.mkdir(parents=True, exist_ok=True)
+    est = stage_minutes(args)
+    print(f"quality benchmark on {dataset()}, CPU {torch.backends.cpu.get_cpu_capability()}, results in {root}: "
+          f"about {sum(est.values()):.0f} min (" + ", ".join(f"{k} {v:.0f}" for k, v in est.items()) + ")", flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    data = [f"data.dataset={dataset()}"] + (["data.limit=2000"] if args.quick else [])
     t0 = time.perf_counter()
-    try:
-        table = run(budget, root)
-    finally:
+    run_pairs([(root / f"ablation-{key}-s{seed}.json",
+                job(root / f"ablation-{key}-s{seed}.json", "jigclu", f"{args.ablation_min:g}", f"seed={seed}", *data, *over))
+               for key, _, over in ABLATION for seed in args.seeds], "ablation", est["ablation"], env)
+    ckpt = root / "jigclu-checkpoint.pt"
+    run_pairs([(root / "curve-jigclu.json", job(root / "curve-jigclu.json", "jigclu", args.points, *data, save=ckpt)),
+               (root / "curve-simclr.json", job(root / "curve-simclr.json", "simclr", args.points, *data))],
+              "curve", est["curve"], env)
+    run_pairs([(root / "ref-supervised.json", job(root / "ref-supervised.json", "supervised",
+                                                  f"{args.supervised_min:g}", *data)),
+               (root / "ref-init.json", job(root / "ref-init.json", "jigclu", "0", "--pixels", *data))],
+              "references", est["references"], env)
+    run_pairs(semi_jobs(root, ckpt, args.semi_epochs, args.quick), "semi 1%", est["semi 1%"], env)
+    run_pairs([(root / "export.json", [PY, str(BENCH / "export_check.py"), str(ckpt), str(root / "export.json"), *data])],
+              "export", est["export"], env)
+    (root / "meta.json").write_text(json.dumps({"minutes": (time.perf_counter() - t0) / 60, "dataset": dataset(),
+                                                "cpu": torch.backends.cpu.get_cpu_capability()}))
+    if args.quick:
+        print(quality_report.markdown(root, ABLATION, args))
+    else:
+        quality_report.write(root, ABLATION, args)
+    if not args.results:
         shutil.rmtree(root, ignore_errors=True)
-    text = markdown(budget, table, time.perf_counter() - t0, "python benchmarks/quality.py"
-                    + (f" --dataset {args.dataset}" if args.dataset else ""))
-    print(text)
-    if not args.quick:
-        common.write_section("Quality", text.removeprefix(SECTION))
-        print(f"wrote {common.RESULTS.name}")
     return 0
 
 

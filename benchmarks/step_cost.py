@@ -35,9 +35,9 @@ import torch.nn.functional as F
 import common  # noqa: E402  (sibling module; puts the repository on sys.path)
 from jigclu.augment import IMAGENET_MEAN, IMAGENET_STD, PatchAugment, to_float_rgb  # noqa: E402
 from jigclu.config import RunConfig  # noqa: E402
-from jigclu.losses import JigCluLoss  # noqa: E402
+from jigclu.losses import JigCluLoss, nt_xent  # noqa: E402
 from jigclu.models import ResNetBackbone  # noqa: E402
-from jigclu.trainers.pretrain import build_model, jigclu_losses, make_montages  # noqa: E402
+from jigclu.trainers.pretrain import build_augment, build_model, jigclu_losses, make_montages  # noqa: E402
 
 TARGET_VS_SUPERVISED = 1.10
 TARGET_VS_TWO_VIEW = 0.60
@@ -95,14 +95,6 @@ def sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.03, momentum=0.9, weight_decay=1e-4)  # the trainer's recipe
 
 
-def nt_xent(z: torch.Tensor, n: int, temperature: float = 0.2) -> torch.Tensor:
-    """SimCLR's NT-Xent over ``2n`` L2-normalised embeddings; view ``i`` pairs with ``i + n``."""
-    sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
-    targets = torch.cat((torch.arange(n, 2 * n), torch.arange(0, n)))
-    return F.cross_entropy(sim, targets)
-
-
 def make_steps(s: Setting) -> dict[str, Any]:
     """The three step functions of one setting (JigClu's returns its sub-step timings)."""
     torch.manual_seed(0)
@@ -116,7 +108,7 @@ def make_steps(s: Setting) -> dict[str, Any]:
     # JigClu: the trainer's own functions and objects
     jig_model = build_model(cfg)
     jig_model.train()
-    jig_aug = TimedAugment(PatchAugment(cfg.patch_size, enabled=cfg.jigsaw.augment))
+    jig_aug = TimedAugment(build_augment(cfg))
     criterion = JigCluLoss(cfg.loss.w_clu, cfg.loss.w_loc, cfg.loss.temperature)
     jig_opt = sgd(jig_model.parameters())
 
@@ -166,7 +158,7 @@ def make_steps(s: Setting) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(next(counter))
         views = tv_aug(images, src, boxes, gen)
         z = F.normalize(tv_model["proj"](tv_model["backbone"](views)), dim=1)
-        loss = nt_xent(z, s.batch)
+        loss = nt_xent(z)
         tv_opt.zero_grad(set_to_none=True)
         loss.backward()
         tv_opt.step()

@@ -22,6 +22,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                                                         "omit for the random-init baseline")
     knn.add_argument("--config", "-c", default=None, help="YAML config file (data and model sections)")
     knn.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    knn.add_argument("--probe", action="store_true", help="also fit the linear probe (jigclu/probe.py: "
+                     "logistic regression on standardised pooled features of the bank, L2 strength chosen on "
+                     "20%% of it) and score it on the queries; the fast alternative to `jigclu linear`")
     knn.add_argument("--json", action="store_true", help="print the result as one JSON object")
     knn.set_defaults(func=_cmd_knn)
 
@@ -42,6 +45,7 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     from jigclu.trainers.knn import knn_eval
 
     overrides = list(args.overrides) + ([f"eval.pretrained={args.checkpoint}"] if args.checkpoint else [])
+    overrides += ["monitor.probe=true"] if args.probe else []
     cfg, notes = adopt_pretrained(load_config(args.config, overrides))
     result = knn_eval(cfg)
     if args.json:
@@ -53,7 +57,8 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     source = cfg.eval.pretrained or "random init"
     console.print(f"kNN (k={cfg.monitor.k}, {int(result['bank'])} bank / {int(result['queries'])} queries, "
                   f"{cfg.data.dataset}) of {source}: top-1 [bold]{result['knn_top1']:.2f}%[/]  "
-                  f"top-5 {result['knn_top5']:.2f}%")
+                  f"top-5 {result['knn_top5']:.2f}%"
+                  + (f"  linear probe top-1 [bold]{result['probe_top1']:.2f}%[/]" if "probe_top1" in result else ""))
     return 0
 
 

@@ -77,6 +77,10 @@ class JigsawConfig(_Section):
     crop_size: int = Field(224, ge=8, le=2048, description="montage side; each patch is crop_size / m")
     cross_ratio: float = Field(0.3, ge=0.0, lt=0.5, description="overlap of the crops at m = 2")
     augment: bool = True
+    crop_scale: float = Field(0.2, gt=0.0, le=1.0, description="per-patch random-resized crop: smallest area "
+                              "fraction of the patch's box (the paper's 0.2; 0.5 suits 28-32 px images)")
+    blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of Gaussian blur per patch (the paper's "
+                          "0.5; blur wipes out 16 px patches)")
     montage_scope: Literal["global", "local"] = "global"
 
 

@@ -72,3 +72,15 @@ class JigCluLoss(nn.Module):
         with torch.no_grad():
             loc_acc = (loc_logits.argmax(1) == label_loc).float().mean()
         return {"loss": total, "loss_clu": loss_clu, "loss_loc": loss_loc, "loc_acc": loc_acc}
+
+
+def nt_xent(z: Tensor, temperature: float = 0.2) -> Tensor:
+    """SimCLR's NT-Xent (Chen et al., ICML 2020; the contrastive baseline JigClu is compared with):
+    L2-normalised ``z`` ``[2N, D]`` where rows ``i`` and ``i + N`` are two views of one image; the
+    cross-entropy of each view against its partner among the other ``2N - 1`` rows."""
+    if z.dim() != 2 or z.shape[0] % 2:
+        raise ValueError(f"z must be [2N, D], got {tuple(z.shape)}")
+    n = z.shape[0] // 2
+    logits = (z.float() @ z.float().T / temperature).fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, target)

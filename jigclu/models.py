@@ -50,31 +50,9 @@ class ResNetBackbone(ResNet):
         super().__init__(block, layers)
         self.arch, self.width, self.small_input = arch, width, small
         if width != 64 or small:
-            self._rebuild(block, layers, width, small)
+            reshape_resnet(self, block, layers, width, small)
         self.fc = nn.Identity()  # no parameters: heads live outside the backbone
         self.feature_dim = width * 8 * block.expansion
-
-    def _rebuild(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
-                 width: int, small: bool) -> None:
-        """Recreate stem and stages at another width, reusing torchvision's layer builder."""
-        self.inplanes = width
-        if small:
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = self._norm_layer(width)
-        self.layer1 = self._make_layer(block, width, layers[0])
-        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
-        # torchvision's initialisation, applied to the rebuilt modules
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature map ``[B, feature_dim, h, w]`` of the last stage."""
@@ -84,6 +62,44 @@ class ResNetBackbone(ResNet):
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         """Globally pooled features ``[B, feature_dim]`` (what downstream classifiers use)."""
         return torch.flatten(self.avgpool(self.forward_features(x)), 1)
+
+
+def reshape_resnet(net: ResNet, block: type[BasicBlock] | type[Bottleneck], layers: list[int], width: int,
+                   small: bool) -> None:
+    """Recreate a torchvision ResNet's stem and stages at another width (torchvision's own layer
+    builder and initialisation); ``small``: a 3x3 stride-1 stem and no max-pool. ``fc`` is left as is."""
+    net.inplanes = width
+    if small:
+        net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    else:
+        net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = net._norm_layer(width)
+    net.layer1 = net._make_layer(block, width, layers[0])
+    net.layer2 = net._make_layer(block, width * 2, layers[1], stride=2)
+    net.layer3 = net._make_layer(block, width * 4, layers[2], stride=2)
+    net.layer4 = net._make_layer(block, width * 8, layers[3], stride=2)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def torchvision_resnet(arch: str, width: int, num_classes: int = 1000) -> ResNet:
+    """A plain ``torchvision.models.ResNet`` (no jigclu class) that a ``jigclu export`` of ``arch`` at
+    ``width`` loads into with only ``fc.*`` missing: torchvision's constructor, reshaped by
+    :func:`reshape_resnet` unless it is the default (width 64, ImageNet stem), then ``fc`` for
+    ``num_classes`` on the new feature size."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    block, layers, small = ARCHS[arch]
+    net = ResNet(block, layers, num_classes=num_classes)
+    if width != 64 or small:
+        reshape_resnet(net, block, layers, width, small)
+        net.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+    return net
 
 
 class ClusteringHead(nn.Module):

@@ -175,8 +175,9 @@ class CollapseRule:
 
 
 def knn_eval(cfg: Any, device: str | None = None) -> dict[str, float]:
-    """kNN top-1/top-5 of ``cfg``'s backbone (``eval.pretrained`` or random init) on its data:
-    bank from the train split, queries from the test split (``monitor.*`` limits)."""
+    """kNN top-1/top-5 (and with ``monitor.probe`` the linear probe's top-1) of ``cfg``'s backbone
+    (``eval.pretrained`` or random init) on its data: bank from the train split, queries from the
+    test split (``monitor.*`` limits)."""
     from jigclu.context import resolve_device
     from jigclu.data import load_dataset
     from jigclu.export import load_backbone_weights, load_into
@@ -193,7 +194,7 @@ def knn_eval(cfg: Any, device: str | None = None) -> dict[str, float]:
               for split in ("train", "test")]
     monitor = KnnMonitor.from_datasets(*splits, cfg.eval.image_size or cfg.jigsaw.crop_size, cfg.monitor.k,
                                        cfg.monitor.knn_temperature, cfg.monitor.train_limit,
-                                       cfg.monitor.test_limit, seed=cfg.seed)
+                                       cfg.monitor.test_limit, seed=cfg.seed, probe=cfg.monitor.probe)
     result = monitor.evaluate(backbone, dev)
     result.update(bank=float(len(monitor.bank_labels)), queries=float(len(monitor.query_labels)))
     return result

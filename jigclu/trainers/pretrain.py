@@ -75,6 +75,13 @@ def build_model(cfg: RunConfig) -> JigCluModel:
     return JigCluModel(cfg.model.arch, cfg.model.width, cfg.model.grid, cfg.model.proj_dim)
 
 
+def build_augment(cfg: RunConfig, out_size: int | None = None) -> PatchAugment:
+    """The per-patch augmentation of ``cfg`` (the paper's recipe with ``jigsaw.crop_scale`` and
+    ``jigsaw.blur_p``), producing ``out_size`` px patches (default: the patch size)."""
+    return PatchAugment(out_size or cfg.patch_size, enabled=cfg.jigsaw.augment,
+                        scale=(cfg.jigsaw.crop_scale, 1.0), blur_p=cfg.jigsaw.blur_p)
+
+
 class PretrainTask(Task):
     """JigClu pretraining: per-step cosine schedule, kNN monitor on the main worker."""
 
@@ -115,7 +122,7 @@ class PretrainTask(Task):
 
         self.model = build_model(cfg).to(self.device)
         self.model.gather_features = cfg.jigsaw.montage_scope == "global"
-        self.augment = PatchAugment(cfg.patch_size, enabled=cfg.jigsaw.augment).to(self.device)
+        self.augment = build_augment(cfg).to(self.device)
         self.criterion = JigCluLoss(cfg.loss.w_clu, cfg.loss.w_loc, cfg.loss.temperature)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.effective_lr(),
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
@@ -206,4 +213,4 @@ def run_pretrain(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     return run(PretrainTask(), cfg, ctx)
 
 
-__all__ = ["PretrainTask", "run_pretrain", "make_montages", "jigclu_losses", "build_model"]
+__all__ = ["PretrainTask", "run_pretrain", "make_montages", "jigclu_losses", "build_model", "build_augment"]
