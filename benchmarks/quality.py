@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     (root / "meta.json").write_text(json.dumps({"minutes": (time.perf_counter() - t0) / 60, "dataset": dataset(),
                                                 "cpu": torch.backends.cpu.get_cpu_capability()}))
     if args.quick:
-        print(quality_report.markdown(root, ABLATION, args))
+        print(quality_report.markdown(root, ABLATION, args, png=root / quality_report.PNG.name))
     else:
         quality_report.write(root, ABLATION, args)
     if not args.results:
