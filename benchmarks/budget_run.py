@@ -32,6 +32,7 @@ from equal_time import JigCluMethod, SimCLRMethod, SupervisedMethod, train_for_b
 from jigclu.checkpoint import save_checkpoint
 from jigclu.config import load_config
 from jigclu.data import load_dataset
+from jigclu.errors import JigcluError
 from jigclu.models import ResNetBackbone
 from jigclu.probe import linear_probe
 from jigclu.trainers.knn import KnnMonitor, knn_predict, topk_accuracy
@@ -41,19 +42,34 @@ MONITORS = {"5k_1k": (5000, 1000), "10k_2k": (10000, 2000)}
 DEFAULT_CONFIG = str(common.REPO_ROOT / "configs" / "fashion_mnist.yaml")
 
 
-def score(cfg: Any, state: dict[str, torch.Tensor] | None, train: Any, test: Any) -> dict[str, float]:
-    """Probe and kNN top-1 (%) of a backbone state (None: random init of the seed) on the test split."""
+def load_splits(cfg: Any) -> tuple[Any, Any]:
+    """The training split (``data.limit`` first images) and the whole test split, at the recipe's size."""
+    size = cfg.data.image_size or cfg.jigsaw.crop_size
+    train = load_dataset(cfg.data.dataset, "train", image_size=size)
+    test = load_dataset(cfg.data.dataset, "test", image_size=size)
+    if cfg.data.limit:
+        train = train.subset(torch.arange(min(cfg.data.limit, len(train))))
+    return train, test
+
+
+def backbone_of(cfg: Any, state: dict[str, torch.Tensor] | None) -> ResNetBackbone:
+    """The recipe's backbone with ``state`` (None: the random init of the seed)."""
     torch.manual_seed(cfg.seed)
     backbone = ResNetBackbone(cfg.model.arch, cfg.model.width)
     if state is not None:
         backbone.load_state_dict(state)
+    return backbone
+
+
+def score(cfg: Any, backbone: torch.nn.Module, train: Any, test: Any, monitors: bool = True) -> dict[str, float]:
+    """Probe and kNN top-1 (%) of ``backbone``'s pooled features on the test split; with ``monitors``
+    also what a pretraining run's kNN monitor would say (seeded subsets of the bank and queries)."""
     monitor = KnnMonitor(train.images, train.labels, test.images, test.labels, train.num_classes,
                          cfg.jigsaw.crop_size, cfg.monitor.k, cfg.monitor.knn_temperature, probe=True, seed=cfg.seed)
     t0 = time.perf_counter()
     out = monitor.evaluate(backbone, torch.device("cpu"))
     result = {"probe": out["probe_top1"], "knn": out["knn_top1"], "score_s": time.perf_counter() - t0}
-    # what a pretraining run's kNN monitor would say: seeded subsets of the bank and queries
-    for name, (bank, queries) in MONITORS.items():
+    for name, (bank, queries) in MONITORS.items() if monitors else ():
         small = KnnMonitor.from_datasets(train, test, cfg.jigsaw.crop_size, cfg.monitor.k, cfg.monitor.knn_temperature,
                                          bank, queries, seed=cfg.data.val_seed)
         result[f"monitor_{name}"] = small.evaluate(backbone, torch.device("cpu"))["knn_top1"]
@@ -68,6 +84,18 @@ def pixel_scores(cfg: Any, train: Any, test: Any) -> dict[str, float]:
     knn = topk_accuracy(knn_predict(bank, train.labels, queries, train.num_classes, cfg.monitor.k,
                                     cfg.monitor.knn_temperature), test.labels, (1,))[1]
     return {"probe": probe.top1, "knn": knn}
+
+
+class MinuteLog:
+    """Progress for a log file: one line per minute of training."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.shown = label, 0
+
+    def __call__(self, elapsed: float, budget: float) -> None:
+        if int(elapsed // 60) > self.shown:
+            self.shown = int(elapsed // 60)
+            print(f"{self.label}: {self.shown}/{budget / 60:g} min", flush=True)
 
 
 def build(method: str, cfg: Any, num_classes: int, temperature: float) -> torch.nn.Module:
@@ -92,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except JigcluError as exc:
+        print(f"budget_run: {exc}", file=sys.stderr)
+        return 2
     points = sorted(float(p) for p in args.points.split(","))
-    size = cfg.data.image_size or cfg.jigsaw.crop_size
-    train = load_dataset(cfg.data.dataset, "train", image_size=size)
-    test = load_dataset(cfg.data.dataset, "test", image_size=size)
-    if cfg.data.limit:
-        train = train.subset(torch.arange(min(cfg.data.limit, len(train))))
+    train, test = load_splits(cfg)
     result: dict[str, Any] = {"method": args.method, "overrides": args.overrides, "seed": cfg.seed,
                               "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                               "train_images": len(train), "test_images": len(test), "points": {}}
@@ -110,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         run = train_for_budget(method, train.images, trained, batch_size=cfg.data.batch_size, lr=cfg.optim.lr,
                                weight_decay=cfg.optim.weight_decay, seed=cfg.seed,
                                labels=train.labels if args.method == "supervised" else None,
-                               progress=lambda t, b: print(f"{args.method} seed {cfg.seed}: {t / 60:.1f}/{b / 60:.1f} min",
-                                                           flush=True) if int(t) % 60 < 2 else None)
+                               progress=MinuteLog(f"{args.method} seed {cfg.seed}"))
         snapshots.update(run.snapshots)
         result.update(steps=run.steps, images=run.images, seconds=run.seconds,
                       images_per_s=run.images / max(run.seconds, 1e-9), loss_first=run.losses[0][1] if run.losses else None,
@@ -121,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                      "config": cfg.model_dump(mode="json"), "task": "pretrain"}
             save_checkpoint(state, args.save)
     for minutes, state in sorted(snapshots.items()):
-        result["points"][f"{minutes:g}"] = score(cfg, state, train, test)
+        result["points"][f"{minutes:g}"] = score(cfg, backbone_of(cfg, state), train, test)
         print(f"{args.method} seed {cfg.seed} @ {minutes:g} min: {result['points'][f'{minutes:g}']}", flush=True)
     if args.pixels:
         result["pixels"] = pixel_scores(cfg, train, test)

@@ -56,7 +56,8 @@ class JigCluMethod(nn.Module):
 
 
 class SimCLRMethod(nn.Module):
-    """One SimCLR step: two augmented views of each image, NT-Xent at ``loss.temperature``."""
+    """One SimCLR step: two augmented views of each image, NT-Xent at ``temperature`` (not JigClu's
+    ``loss.temperature``: SupClu and NT-Xent are tuned apart)."""
 
     name = "SimCLR"
 

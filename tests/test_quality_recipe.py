@@ -16,7 +16,8 @@ from jigclu.config import load_config
 from jigclu.errors import ConfigError
 from jigclu.losses import nt_xent
 
-RECIPE = "configs/fashion_mnist.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "configs" / "fashion_mnist.yaml")
 
 
 # ------------------------------------------------------------------ the recipe's knobs
@@ -51,7 +52,7 @@ def test_demo_sweep_starts_from_the_recipe():
     from jigclu.config import RunConfig, build_config
 
     recipe = load_config(RECIPE, []).model_dump(mode="json")
-    base = build_config(RunConfig, load_sweep("tune/configs/pretrain_fashion.yaml").base).model_dump(mode="json")
+    base = build_config(RunConfig, load_sweep(ROOT / "tune" / "configs" / "pretrain_fashion.yaml").base).model_dump(mode="json")
     for section in ("model", "jigsaw", "loss"):
         assert base[section] == recipe[section], section
     assert base["data"]["limit"] == 3840 and base["data"]["image_size"] == recipe["data"]["image_size"]
@@ -118,7 +119,7 @@ def test_recipe_checkpoint_exports_into_torchvision_with_the_same_probe(tmp_path
 def equal_time(monkeypatch):
     import importlib
 
-    monkeypatch.syspath_prepend(str(Path("benchmarks").resolve()))  # the script imports its siblings
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports its siblings
     return importlib.import_module("equal_time")
 
 
