@@ -88,7 +88,7 @@ def seed_spread(tmp: str) -> dict[str, Any]:
 
 
 def measure() -> dict[str, Any]:
-    from jigclu.ray_train import init_ray
+    from jigclu.ray_session import init_ray
     from tune.report.science import spearman
 
     init_ray(num_cpus=CONCURRENT)

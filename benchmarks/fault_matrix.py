@@ -35,6 +35,7 @@ import common  # noqa: E402  (sibling module; puts the repository on sys.path)
 from fault_kit import (COLUMNS, Command, Row, check_checkpoints, cluster_box, epochs_of, judge,  # noqa: E402
                        EPOCHS, pretrain_args, resume, wait_for_epochs)
 
+import faults_elastic  # noqa: E402
 import faults_ray  # noqa: E402
 from jigclu.runs import RunLayout  # noqa: E402
 
@@ -145,10 +146,11 @@ def row_s3_outage(work: Path, rng: random.Random, outage_s: float = 20.0, worker
     return row
 
 
-ROWS: dict[str, Callable[[Path, random.Random], Row]] = {
+ROWS: dict[str, Callable[[Path, random.Random], Row | list[Row]]] = {
     "sigint": row_sigint, "truncated": row_truncated, "enospc": row_enospc, "s3": row_s3_outage,
     "s3-ray": lambda work, rng: row_s3_outage(work, rng, workers=2),
     "worker": faults_ray.row_worker_kill, "node": faults_ray.row_node_kill, "sweep": faults_ray.row_sweep_driver_kill,
+    "elastic-sweep": faults_elastic.row_elastic_sweep,
 }
 
 
@@ -165,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         common.progress(f"faults: {name}")
         with tempfile.TemporaryDirectory(prefix="jf-") as tmp:
-            rows.append(fn(Path(tmp), random.Random(f"{args.seed}-{name}")))
-        common.progress(f"faults: {name}: {rows[-1].outcome}; target {'met' if rows[-1].ok else 'MISSED'}")
+            got = fn(Path(tmp), random.Random(f"{args.seed}-{name}"))
+        for row in got if isinstance(got, list) else [got]:
+            rows.append(row)
+            common.progress(f"faults: {name}: {row.outcome}; target {'met' if row.ok else 'MISSED'}")
     common.print_table("Fault matrix", COLUMNS, [r.cells() for r in rows])
     if not args.no_write and not args.only:
         import torch

@@ -57,7 +57,7 @@ def row_worker_kill(work: Path, rng: random.Random, address: str | None = None) 
     row, t0 = Row("SIGKILL of a Ray Train worker mid-step", "pretrain, 2 Ray Train workers"), time.time()
     args, run_dir = pretrain_args(str(work), "wkill", "scaling.workers=2"), str(work / "wkill")
     # a local Ray listens on 127.0.0.1 only; a process joining it needs the same loopback node IP
-    from jigclu.ray_train import _LOOPBACK_ENV
+    from jigclu.ray_session import _LOOPBACK_ENV
 
     cmd = Command([*args, "--address", address], work, {_LOOPBACK_ENV: "0"}) if address else Command(args, work)
     try:

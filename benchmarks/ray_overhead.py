@@ -96,10 +96,10 @@ def measure(rounds: int, epochs: int) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # Ray gives each 1-CPU worker one thread; the in-process run the same
     t0 = time.perf_counter()
-    import jigclu.ray_train as ray_train  # the only jigclu module that imports Ray
+    import jigclu.ray_session as ray_session  # starts Ray; imports it (what this times)
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    started = ray_train.init_ray(num_cpus=4)
+    started = ray_session.init_ray(num_cpus=4)
     init_s = time.perf_counter() - t0
     common.progress(f"ray: import {import_s:.1f} s, init {init_s:.1f} s (started here: {started})")
     parts: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
@@ -122,7 +122,7 @@ def measure(rounds: int, epochs: int) -> dict[str, Any]:
         # still warms the OS caches for all modes alike thanks to the rotating order
         timings = common.interleaved({m: contender(m) for m in MODES}, rounds=rounds, warmup=0, on_round=done)
     if started:
-        ray_train.ray.shutdown()
+        ray_session.ray.shutdown()
     ratios = {m: timings.ratio(m, "in-process") for m in MODES}
     extra = {m: common.Ratio.of([a - b for a, b in zip(parts[m]["startup"], parts["in-process"]["startup"])])
              for m in MODES}

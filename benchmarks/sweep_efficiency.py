@@ -50,7 +50,7 @@ def measure(rounds: int) -> dict[str, Any]:
 
     from jigclu.config import RunConfig, read_yaml
     from jigclu.launch import launch
-    from jigclu.ray_train import init_ray
+    from jigclu.ray_session import init_ray
 
     torch.set_num_threads(1)  # a trial gets one CPU; so does the in-process baseline
     init_ray(num_cpus=4)

@@ -1,6 +1,7 @@
 """Ray Train (V2 API) wrapper: the same trainer loops on N workers, elastic and fault tolerant.
 
-This is the only module of ``jigclu`` that imports Ray. ``scaling.workers: N`` runs the
+One of the Ray wrapper modules (starting Ray and keeping a cluster clean is
+:mod:`jigclu.ray_session`'s). ``scaling.workers: N`` runs the
 loop on N workers, ``[min, max]`` runs it elastically (Ray restarts the worker group at a new
 size from the latest checkpoint when nodes come or go). The loop itself does not change:
 
@@ -16,13 +17,11 @@ size from the latest checkpoint when nodes come or go). The loop itself does not
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
-import time
-from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterator
+from contextlib import nullcontext
+from typing import Any, Callable
 
 from jigclu import storage
 from jigclu.config import RunConfig
@@ -34,11 +33,7 @@ from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray
                          warn)
 from jigclu.trainers import epoch_line, run_task
 
-# quiet, fast-failing defaults for local clusters; users may override them in the environment
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+from jigclu.ray_session import WorkerGroupJanitor, init_ray, prepare_elastic_run  # sets Ray's env defaults
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
@@ -49,58 +44,6 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 ReportHook = Callable[[dict[str, Any], int], None]
 """Called on every worker after each report with ``(metrics, rank)`` (e.g. fault injection)."""
-
-OBJECT_STORE_BYTES = 256 * 1024 * 1024
-_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by Ray's processes at start
-
-
-@contextmanager
-def _loopback_node() -> Iterator[None]:
-    """While a local Ray starts: node IP 127.0.0.1, so every process of it listens on loopback only.
-
-    Ray refuses ``_node_ip_address="127.0.0.1"`` (it resolves loopback to the routable IP) and
-    then binds GCS, raylet, workers and the metrics servers to all interfaces. Its local mode for
-    macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) uses 127.0.0.1 as the node IP
-    instead. That is set here only around a local start (the processes it spawns inherit it),
-    then undone, so a later connection to a real cluster from this process is untouched. A user
-    who sets the variable keeps theirs.
-    """
-    from ray._private import ray_constants
-
-    if _LOOPBACK_ENV in os.environ or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
-        yield
-        return
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_LOOPBACK_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-    try:
-        yield
-    finally:
-        os.environ.pop(_LOOPBACK_ENV, None)
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | None = None) -> bool:
-    """Connect to a cluster (``address`` or ``RAY_ADDRESS``) or start a quiet local one.
-
-    A local Ray listens on 127.0.0.1 only (:func:`_loopback_node`), its dashboard included:
-    Train's placement-group cleanup uses the State API, which only exists when the dashboard
-    runs; without it a stopped trial's workers leak their CPUs (``docs/architecture.md``, Ray
-    pitfalls). Returns True when this call started Ray.
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    common: dict[str, Any] = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
-                                  configure_logging=True)
-    if address:
-        ray.init(address=address, **common)
-        return True
-    # address="local": always a new local instance, never a stale cluster left in Ray's temp dir
-    with _loopback_node():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 object_store_memory=OBJECT_STORE_BYTES, **common)
-    return True
-
 
 def state_from(ckpt: Checkpoint | None) -> dict[str, Any] | None:
     """The training state inside a Ray Train / Tune checkpoint (None when there is none)."""
@@ -229,53 +172,9 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
         run_config=RayRunConfig(name=cfg.name, **ray_storage(root),
                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                                callbacks=callbacks or None),
+                                # removes worker groups Ray Train's own shutdown left behind
+                                callbacks=[*(callbacks or []), WorkerGroupJanitor()]),
     )
-
-
-def placement_groups() -> set[str]:
-    """Ids of the cluster's placement groups that hold resources now."""
-    return {pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] in ("CREATED", "PENDING")}
-
-
-def remove_orphaned_worker_groups(cfg: RunConfig, before: set[str], wait_s: float = 15.0) -> list[str]:
-    """Remove the placement groups a finished nested Ray Train run left behind.
-
-    In Ray 2.60 a Train V2 controller started inside a Tune trial ends with its trial without
-    removing its worker group's placement group (a group created by an actor outlives it), and
-    the cleaner actor meant to catch that did not on a multi-node cluster
-    (``tests/test_cluster_box.py``): the reserved CPUs then blocked every later trial. A group
-    counts as orphaned when it appeared during this run, has this run's bundles, and no live
-    actor sits in it (so a concurrent trial's group is never touched); the run's workers get
-    ``wait_s`` to exit first.
-    """
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-    from ray.util.state import list_actors
-
-    bundle = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.gpu else {})}
-    removed: list[str] = []
-    deadline = time.time() + wait_s
-    ended = {pg_id for pg_id, pg in ray.util.placement_group_table().items()  # groups there when the run ended
-             if pg_id not in before and all(b == bundle for b in pg["bundles"].values())}
-    while True:
-        table = ray.util.placement_group_table()
-        candidates = [pg_id for pg_id in ended if pg_id not in removed and table.get(pg_id, {}).get("state") == "CREATED"]
-        if not candidates:
-            return removed
-        try:
-            # this cluster by address: with none, the State API refuses when a second Ray runs on the machine
-            actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
-                                 limit=10000, raise_on_missing_output=False)
-            occupied = {a.placement_group_id for a in actors}
-        except Exception:  # no State API (no dashboard): leave it to Ray
-            return removed
-        for pg_id in candidates:
-            if pg_id not in occupied:
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-                removed.append(pg_id)
-        if time.time() > deadline or all(pg_id in removed for pg_id in candidates):
-            return removed
-        time.sleep(1.0)
 
 
 def ray_storage(root: str, retrying: bool = True) -> dict[str, Any]:
@@ -315,6 +214,8 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
     init_ray(address, verbose, num_cpus=_local_cpus(cfg))
     quiet_data_context(verbose)
     check_resources(cfg, local_cluster=not (address or os.environ.get("RAY_ADDRESS")))
+    if isinstance(cfg.scaling.workers, tuple):  # elastic: Ray's coordinator must not sit on a node that may go
+        prepare_elastic_run(cfg.name)
     layout.save_config(cfg)  # only once every check has passed: a refused run leaves nothing
     trainer = make_trainer(task, cfg, root, after_report=after_report)
     watcher = _MetricsWatcher(layout, cfg, enabled=progress and cfg.train.progress, task=task)

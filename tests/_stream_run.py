@@ -15,7 +15,7 @@ from ray.train.torch import TorchTrainer
 
 from jigclu.data.stream import STREAM_NAME, plan_stream
 from jigclu.ray_data import quiet_data_context, stream_dataset
-from jigclu.ray_train import init_ray
+from jigclu.ray_session import init_ray
 
 out, sources = Path(sys.argv[1]), sys.argv[2:]
 BATCH = 16  # per worker

@@ -32,7 +32,7 @@ def ray_local():
     """A quiet local Ray (dashboard on 127.0.0.1, small object store), shared by the session."""
     import ray
 
-    from jigclu.ray_train import init_ray
+    from jigclu.ray_session import init_ray
 
     init_ray(num_cpus=RAY_CPUS)
     yield ray

@@ -62,7 +62,7 @@ def loopback_env() -> dict[str, str]:
     """The environment of a second driver process on the shared Ray, which listens on 127.0.0.1
     only: it must connect in the same loopback mode (else Ray swaps 127.0.0.1 for this machine's
     routable IP, where nothing listens)."""
-    from jigclu.ray_train import _LOOPBACK_ENV
+    from jigclu.ray_session import _LOOPBACK_ENV
 
     return {**os.environ, _LOOPBACK_ENV: "0"}
 

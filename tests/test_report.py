@@ -184,7 +184,7 @@ def test_best_value_not_last_and_statuses(tmp_path):
     reasons = {p["trial_id"]: p["reason"] for p in data["problems"]}
     assert reasons["cut"] == "stopped by ASHA at epoch 1 of 3"
     assert data["counts"] == {"total": 4, "finished": 2, "stopped": 1, "errored": 1, "running": 0,
-                              "interrupted": 0, "pending": 0}
+                              "waiting": 0, "interrupted": 0, "pending": 0}
     assert data["compute_s"] == pytest.approx(6 + 6 + 2 + 2)
     # --top and --metric/--mode: rank by the lowest loss instead
     data = rep.build_report(sweep, top=2, metric="loss", importances=False)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,18 +155,44 @@ def test_nan_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow  # about 90 s on 2 CPU cores
-def test_nested_ray_train_trials_do_not_leak_resources(ray_local, tmp_path):
-    """ASHA stops trials that run a nested Ray Train job; every trial starts and CPUs come back."""
+def test_nested_ray_train_trials_do_not_leak_resources_and_waiting_is_said(ray_local, tmp_path, monkeypatch, capsys):
+    """ASHA stops trials that run a nested Ray Train job; every trial starts and CPUs come back.
+
+    Two trials at a time whose workers need 3 of the 4 CPUs: one trial's Train run waits for the
+    other's CPUs. The sweep's log says so and the report shows it as "waiting for resources"
+    (tune/waiting.py) while it waits."""
+    from tune.report.data import load_sweep_dir
     from tune.sweep import run_sweep
 
+    monkeypatch.setenv("JIGCLU_WAIT_GRACE_S", "2")
     total = ray_local.cluster_resources()["CPU"]
-    sweep = load_sweep(DIGITS_SWEEP, [*FAST, "num_samples=4", "max_concurrent=1", "trial_mode=ray_train",
+    sweep = load_sweep(DIGITS_SWEEP, [*FAST, "num_samples=4", "max_concurrent=2", "trial_mode=ray_train",
                                       "config.scaling.workers=1", "config.monitor.train_limit=100",
                                       "config.monitor.test_limit=50", f"output_dir={tmp_path}", "name=leak",
-                                      "config.scaling.cpus_per_worker=2"])
-    summary = run_sweep(sweep, progress=False)
+                                      "config.scaling.cpus_per_worker=3"])
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:  # what `jigclu report` says while the sweep runs
+        while not done.wait(1.0):
+            try:
+                seen.update(t.status for t in load_sweep_dir(tmp_path / "leak").trials)
+            except Exception:  # noqa: BLE001 - the sweep directory is still being laid out
+                continue
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = run_sweep(sweep, progress=False)
+    finally:
+        done.set()
+        watcher.join()
     assert summary["trials"] == 4 and summary["errored"] == 0, summary
     assert summary["stopped"] >= 1, "ASHA stopped no trial: the leak path was not exercised"
+    log = capsys.readouterr().out
+    assert "waiting for resources" in log and "Ray Train run is SCHEDULING" in log, log[-3000:]
+    assert "waiting" in seen, seen
+    assert json.loads((tmp_path / "leak" / "waiting.json").read_text()) == {}  # nothing waits once it ended
     deadline = time.time() + 30
     while time.time() < deadline and ray_local.available_resources().get("CPU", 0) < total:
         time.sleep(0.5)
@@ -213,7 +240,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_local
 
     address = ray_local.get_runtime_context().gcs_address
     args = [*FAST, "num_samples=6", "max_concurrent=1", "scheduler.type=none", f"output_dir={tmp_path}", "name=res"]
-    from jigclu.ray_train import _LOOPBACK_ENV
+    from jigclu.ray_session import _LOOPBACK_ENV
 
     # the shared Ray listens on 127.0.0.1 only: a second driver connects in the same loopback mode
     proc = subprocess.Popen([sys.executable, "-m", "jigclu.cli", "tune", "--no-progress", "--no-report",

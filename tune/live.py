@@ -105,6 +105,13 @@ class SweepProgress(Callback):
         if self.plain:
             print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
+    def note(self, text: str) -> None:
+        """A line for the user whatever the display: above the live display, or one plain line."""
+        if self._live is not None:
+            self._live.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
+        else:
+            self._line(text)
+
     # --- display -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         values = list(self.status.values())

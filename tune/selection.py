@@ -55,6 +55,7 @@ def score_on_test(sweep: Sweep, layout: SweepLayout, grid: Any, say: Any = print
     the test split, from each one's final checkpoint; writes and returns ``test_scores.json``."""
     from jigclu.ray_train import state_from
     from jigclu.trainers.knn import test_score
+    from tune.train_trial import pointed_state
 
     spec = sweep.spec
     if spec.test_top_k == 0 or spec.task != "pretrain" or spec.val_size is None:
@@ -64,7 +65,8 @@ def score_on_test(sweep: Sweep, layout: SweepLayout, grid: Any, say: Any = print
     ranked.sort(key=lambda vr: -vr[0] if spec.mode == "max" else vr[0])
     entries = []
     for rank, (value, result) in enumerate(ranked[:spec.test_top_k], 1):
-        state = state_from(result.checkpoint)
+        # an in-process trial's checkpoint holds the state; a Ray Train trial's points to it
+        state = pointed_state(result.checkpoint, layout.train_root) or state_from(result.checkpoint)
         if state is None:
             continue
         cfg = build_config(RunConfig, state["config"])

@@ -155,6 +155,9 @@ class SweepSpec(BaseModel):
     study_storage: str | None = Field(None, description="Optuna RDB URL (postgresql://..., mysql://...) for the "
                                       "study; default: SQLite kept with the sweep")
     trial_mode: Literal["auto", "inprocess", "ray_train"] = "auto"
+    max_failures: int = Field(2, ge=0, description="times Tune starts a trial again after its driver died (a "
+                              "node lost): it resumes from its checkpoint; a trial that failed for a reason "
+                              "of its own is not trained again")
     resources: ResourcesSpec = ResourcesSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
 

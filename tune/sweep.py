@@ -23,10 +23,11 @@ import yaml
 
 from jigclu.config import RunConfig, build_config, save_config
 from jigclu.context import checkpoint_dir, resolve_device
-from jigclu.errors import ConfigError
+from jigclu.errors import ConfigError, JigcluError
 from jigclu.launch import prepare
-from jigclu.ray_train import (init_ray, make_trainer, placement_groups, ray_storage,  # also sets Ray's quiet env defaults
-                              remove_orphaned_worker_groups, state_from)
+from jigclu.ray_session import (driver_resources, init_ray, placement_groups,  # sets Ray's env defaults
+                                remove_orphaned_worker_groups)
+from jigclu.ray_train import ray_storage, root_cause, state_from
 from jigclu.runs import RunLayout, SweepLayout, jsonable
 from jigclu import storage
 from jigclu.storage import check_writable, read_text, write_atomic
@@ -80,8 +81,36 @@ def trial_uses_ray_train(sweep: Sweep, cfg: Any) -> bool:
     return (workers[1] if isinstance(workers, tuple) else workers) >= 2
 
 
+FAILED = "failed.txt"
+"""In a trial's directory: why the trial failed for a reason of its own (a bad combination, a NaN,
+a Ray Train run out of retries), so a retry by Tune fails at once instead of training again."""
+
+
+class TrialFailed(JigcluError):
+    """A retried trial that had already failed for a reason of its own."""
+
+
 def run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: str) -> None:
-    """One trial: build its config from the sampled params, save it, run the trainer."""
+    """One trial: build its config from the sampled params, save it, run the trainer.
+
+    Tune retries a trial whose driver died (``max_failures``): an in-process trial resumes from its
+    Tune checkpoint, a Ray Train trial from its run's newest checkpoint in storage. A trial that
+    failed for a reason of its own is not trained again (:data:`FAILED`).
+    """
+    trial_dir = SweepLayout(sweep_root).trial(tune.get_context().get_trial_id())
+    failed = RunLayout(trial_dir).file(FAILED)
+    if storage.exists(failed):
+        raise TrialFailed(read_text(failed))
+    try:
+        _run_trial(params, sweep_dict, sweep_root)
+    except Exception as exc:
+        cause = root_cause(exc)
+        if isinstance(cause, JigcluError) or type(exc).__name__ == "TrainingFailedError":
+            write_atomic(failed, f"{type(cause).__name__}: {cause}")
+        raise
+
+
+def _run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: str) -> None:
     from tune.space import Sweep, SweepSpec, parse_param
 
     spec = SweepSpec.model_validate(sweep_dict)
@@ -96,12 +125,11 @@ def run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: st
     save_config(cfg, RunLayout(trial_dir).config)
     write_atomic(RunLayout(trial_dir).file("sampled.json"), json.dumps(params, indent=1, sort_keys=True))
     if trial_uses_ray_train(sweep, cfg):
-        from ray.tune.integration.ray_train import TuneReportCallback
+        from tune.train_trial import run_train_trial
 
-        trainer = make_trainer(spec.task, cfg, layout.train_root, callbacks=[TuneReportCallback()])
         before = placement_groups()
         try:
-            trainer.fit()
+            run_train_trial(spec.task, cfg, layout.train_root)
         finally:
             remove_orphaned_worker_groups(cfg, before)
         return
@@ -139,6 +167,8 @@ def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=spec.name, **ray_storage(storage.parent(layout.root), retrying=False),
                                   verbose=0, stop=CollapseStopper(),
+                                  # a trial whose driver died with its node starts again (and resumes)
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   callbacks=callbacks, log_to_file=True,
                                   # PBT restores other trials' checkpoints: keep a few, or they are gone by then
                                   checkpoint_config=tune.CheckpointConfig(
@@ -154,8 +184,10 @@ def _trainable(sweep: Sweep, layout: SweepLayout) -> Any:
     # the base config decides (a space over scaling.workers would only change the nested jobs)
     uses_train = trial_uses_ray_train(sweep, build_config(RunConfig, sweep.base))
     fn = tune.with_parameters(run_trial, sweep_dict=sweep.to_dict(), sweep_root=layout.root)
-    # A trial that drives a Ray Train job needs almost nothing itself: its workers hold the CPUs.
-    resources = {"cpu": 0.01} if uses_train else {"cpu": sweep.spec.resources.cpu, "gpu": sweep.spec.resources.gpu}
+    # A trial that drives a Ray Train job needs no CPU itself (its workers hold them), and runs where a
+    # node loss cannot take it: on the head or a node marked as a driver node (jigclu.ray_session).
+    resources = {"cpu": 0, **driver_resources()} if uses_train else \
+        {"cpu": sweep.spec.resources.cpu, "gpu": sweep.spec.resources.gpu}
     return tune.with_resources(fn, resources)
 
 
@@ -178,6 +210,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
 
     from tune.live import SweepProgress, StudyPublisher
     from tune.searcher import fail_abandoned
+    from tune.waiting import ResourceWait
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     layout = sweep_layout(sweep)
@@ -187,6 +220,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     save_definition(sweep, layout)
     init_ray(address, verbose, num_cpus=num_cpus)
     callbacks = [SweepProgress(sweep, enabled=progress), StudyPublisher(layout)]
+    callbacks.append(ResourceWait(sweep.spec.name, layout.root, callbacks[0].note,
+                                  train_trials=trial_uses_ray_train(sweep, build_config(RunConfig, sweep.base))))
     started = time.time()
     restore = ray_storage(layout.root, retrying=False)
     if existed:

@@ -61,6 +61,7 @@ class SweepData:
     notes: list[str] = field(default_factory=list)  # things that could not be read, said plainly
     test_scores: dict[str, Any] | None = None       # test_scores.json, when the sweep has written it
     budget_stopped: frozenset[str] = frozenset()    # budget_stopped.json: trials the time budget ended
+    waiting: frozenset[str] = frozenset()           # waiting.json: trials waiting for resources (tune.waiting)
 
     def file(self, *parts: str) -> str:
         """A file of the sweep directory (``sweep.file(trial.dirname, "config.yaml")``)."""
@@ -185,15 +186,17 @@ def load_sweep_dir(path: str | Path, now: float | None = None) -> SweepData:
     max_t = saved_max_t(definition, location, trials)
     now = time.time() if now is None else now
     active = _is_active(location, state_file, trials, now)
+    waiting = _read_ids(location, "waiting.json")
     for t in trials:
         alive = not (active and t.results and _process_gone(t.results[-1]))
         t.status = trial_status(t.epochs, max_t, ray_status=t.ray_status, done=t.done, has_results=bool(t.results),
-                                has_error=t.error_file is not None, active=active, alive=alive)
+                                has_error=t.error_file is not None, active=active, alive=alive,
+                                waiting=t.trial_id in waiting)
     trials.sort(key=lambda t: (t.first_start is None, t.first_start or 0.0, t.trial_id))
     test_scores = _read_test_scores(location, notes)
     return SweepData(location=location, definition=definition, trials=trials, max_t=max_t, active=active,
                      state_file=state_file, notes=notes, test_scores=test_scores,
-                     budget_stopped=_read_budget_stopped(location))
+                     budget_stopped=_read_ids(location, "budget_stopped.json"), waiting=waiting)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -274,14 +277,15 @@ def _read_test_scores(location: str, notes: list[str]) -> dict[str, Any] | None:
     return data
 
 
-def _read_budget_stopped(location: str) -> frozenset[str]:
-    """budget_stopped.json: the ids of the trials the sweep's time budget ended (written at its end)."""
-    path = storage.join(location, "budget_stopped.json")
+def _read_ids(location: str, name: str) -> frozenset[str]:
+    """Trial ids listed in a sweep file: ``budget_stopped.json`` (a list: the trials the time budget
+    ended, written at the end) or ``waiting.json`` (a mapping: trials waiting for resources)."""
+    path = storage.join(location, name)
     try:
         ids = json.loads(storage.read_text(path)) if storage.is_file(path) else []
     except (StorageError, UnicodeDecodeError, ValueError):
         return frozenset()
-    return frozenset(str(i) for i in ids) if isinstance(ids, list) else frozenset()
+    return frozenset(str(i) for i in ids) if isinstance(ids, (list, dict)) else frozenset()
 
 
 def _read_params(directory: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from tune.report.render_science import (best_test_text, header_rows, importances
 from tune.report.trial import STATUS_LABELS, STATUSES
 
 STATUS_STYLES = {"finished": "green", "stopped": "yellow", "errored": "bold red", "running": "cyan",
-                 "interrupted": "magenta", "pending": "dim"}
+                 "waiting": "bold cyan", "interrupted": "magenta", "pending": "dim"}
 
 
 def render(report: dict[str, Any], console: Console) -> None:

@@ -7,21 +7,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-STATUSES = ("finished", "stopped", "errored", "running", "interrupted", "pending")
-STATUS_LABELS = {"finished": "finished", "stopped": "stopped early", "errored": "errored",
-                 "running": "running", "interrupted": "interrupted", "pending": "pending"}
+STATUSES = ("finished", "stopped", "errored", "running", "waiting", "interrupted", "pending")
+STATUS_LABELS = {"finished": "finished", "stopped": "stopped early", "errored": "errored", "running": "running",
+                 "waiting": "waiting for resources", "interrupted": "interrupted", "pending": "pending"}
 
 
 def trial_status(epochs: int, max_t: int | None, *, ray_status: str | None = None, done: bool = False,
                  has_results: bool | None = None, has_error: bool = False, active: bool = False,
-                 alive: bool = True) -> str:
+                 alive: bool = True, waiting: bool = False) -> str:
     """The one rule for a trial's status, one of ``STATUSES`` (docs/report.md, "Trial status").
 
     ``max_t``: :attr:`tune.space.Sweep.max_t` (None: unknown); ``ray_status``: Ray's mark (PENDING,
     RUNNING, PAUSED, TERMINATED, ERROR); ``done``: its last result says done; ``has_results``:
     default ``epochs > 0``; ``has_error``: it left an error file; ``active``: the sweep runs;
     ``alive``: the process that reported its last result may still run. The sweep's driver
-    hears of a trial's end from Ray: it passes ``ray_status`` "TERMINATED" or "ERROR".
+    hears of a trial's end from Ray: it passes ``ray_status`` "TERMINATED" or "ERROR". ``waiting``:
+    the sweep lists it in ``waiting.json`` (:mod:`tune.waiting`): it would be running or pending, but
+    cannot go on for want of resources.
     """
     by_epochs = "finished" if max_t is None or epochs >= max_t else "stopped"
     has_results = epochs > 0 if has_results is None else has_results
@@ -33,6 +35,8 @@ def trial_status(epochs: int, max_t: int | None, *, ray_status: str | None = Non
         return by_epochs if has_results else "errored" if has_error else "stopped"
     if has_error and not (active and ray_status in ("RUNNING", "PENDING", "PAUSED")):
         return "errored"
+    if waiting and active and ray_status in ("RUNNING", "PENDING"):
+        return "waiting"
     if has_results:
         return "running" if active and alive else "interrupted"
     if ray_status in ("RUNNING", "PAUSED"):  # started, but no epoch reported yet
