@@ -56,7 +56,22 @@ COLUMNS = ["fault (injected from outside)", "run", "outcome", "epochs redone", "
 
 
 class Command:
-    """``jigclu <args>`` in a child process of its own session (killable as a group)."""
+    """``jigclu <args>`` in a child process of its own session (killable as a group).
+
+    A child in its own session outlives a test that fails or times out: every Command is listed in
+    :attr:`live` until it is waited for, and :meth:`kill_all` (a fixture in ``tests/conftest.py``)
+    kills whatever a test left running.
+    """
+
+    live: set["Command"] = set()
+
+    @classmethod
+    def kill_all(cls) -> int:
+        left = [cmd for cmd in cls.live if cmd.proc.poll() is None]
+        for cmd in left:
+            cmd.kill()
+        cls.live.clear()
+        return len(left)
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
@@ -65,6 +80,7 @@ class Command:
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "jigclu.cli", *args], cwd=cwd, env=full_env,
                                      stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
+        Command.live.add(self)
 
     def wait(self, timeout: float = 600) -> int:
         try:
@@ -81,6 +97,7 @@ class Command:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        Command.live.discard(self)
 
     @property
     def stderr(self) -> str:

@@ -26,9 +26,9 @@ SWEEP_ARGS = ["config.train.epochs=3", "config.train.steps_per_epoch=4", "config
               "num_samples=4", "max_concurrent=1", "scheduler.type=none", "time_budget_s=null"]
 
 
-def train_workers(root_pid: int | None = None) -> list[psutil.Process]:
-    """Live Ray Train worker processes (under ``root_pid`` when given, else anywhere)."""
-    procs = psutil.Process(root_pid).children(recursive=True) if root_pid else psutil.process_iter()
+def train_workers(root_pid: int) -> list[psutil.Process]:
+    """Live Ray Train worker processes under ``root_pid`` (a command that started its own Ray)."""
+    procs = psutil.Process(root_pid).children(recursive=True)
     found = []
     for proc in procs:
         try:
@@ -37,6 +37,16 @@ def train_workers(root_pid: int | None = None) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def cluster_workers(address: str, exclude_job: str | None = None) -> list[int]:
+    """Pids of the live Ray Train workers of the cluster at ``address`` (its own State API), but those
+    of job ``exclude_job``: the victims of a run under test, never another Ray's processes."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                         limit=1000, raise_on_missing_output=False)
+    return [a.pid for a in actors if a.job_id != exclude_job]
 
 
 def _kill_mid_epoch(run_dir: str, cmd: Command, rng: random.Random, victim) -> str:
@@ -60,9 +70,17 @@ def row_worker_kill(work: Path, rng: random.Random, address: str | None = None) 
     from jigclu.ray_session import _LOOPBACK_ENV
 
     cmd = Command([*args, "--address", address], work, {_LOOPBACK_ENV: "0"}) if address else Command(args, work)
+
+    def victim() -> int:  # a worker of this run: under the command's own Ray, or on the given cluster
+        if address is None:
+            return rng.choice(train_workers(cmd.proc.pid)).pid
+        import ray
+
+        own = ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+        return rng.choice(cluster_workers(address, exclude_job=own))
+
     try:
-        _kill_mid_epoch(run_dir, cmd, rng,
-                        lambda: rng.choice(train_workers(None if address else cmd.proc.pid)).pid)
+        _kill_mid_epoch(run_dir, cmd, rng, victim)
         code = cmd.wait(600)
     finally:
         cmd.kill()
@@ -80,7 +98,9 @@ def row_node_kill(work: Path, rng: random.Random) -> Row:
         args, run_dir = pretrain_args(str(work / "out"), "nkill", "scaling.workers=2"), str(work / "out" / "nkill")
         cmd = Command([*args, "--address", box.address], work, {"RAY_ADDRESS": box.address})
         try:
-            _kill_mid_epoch(run_dir, cmd, rng, lambda: cluster_box.raylet_of(rng.choice(train_workers()).pid))
+            # a worker of this cluster, found through its own State API (its dashboard)
+            _kill_mid_epoch(run_dir, cmd, rng, lambda: cluster_box.raylet_of(
+                rng.choice([a.pid for a in box.actors() if a.class_name == "RayTrainWorker"])))
             code = cmd.wait(600)
         finally:
             cmd.kill()

@@ -63,7 +63,8 @@ def _loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | None = None) -> bool:
+def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | None = None,
+             temp_dir: str | None = None) -> bool:
     """Connect to a cluster (``address`` or ``RAY_ADDRESS``) or start a quiet local one.
 
     A local Ray listens on 127.0.0.1 only (:func:`_loopback_node`), its dashboard included:
@@ -81,7 +82,7 @@ def init_ray(address: str | None = None, verbose: bool = False, num_cpus: int | 
         return True
     # address="local": always a new local instance, never a stale cluster left in Ray's temp dir
     with _loopback_node():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", _temp_dir=temp_dir,
                  object_store_memory=OBJECT_STORE_BYTES, **common)
     return True
 

@@ -52,6 +52,7 @@ summary = launch_ray("pretrain", cfg, progress=False, address=cluster.address)
 thread.join(timeout=5)
 metrics = read_metrics(out / "elastic")
 print(json.dumps({"epochs": [m["epoch"] for m in metrics], "world": [m["world_size"] for m in metrics],
+                  "times": [m["time"] for m in metrics],
                   "seen": [m.get("images_seen") for m in metrics],
                   "removed": removed, "last_epoch": summary["last"].get("epoch"),
                   "end": time.time()}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -27,13 +28,40 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(RAY_TIMEOUT_S))
 
 
+@pytest.fixture(autouse=True)
+def _no_child_left_behind():
+    """A fault row's ``jigclu`` child runs in its own session: kill any a test left running (a failed
+    assertion or a timeout before its own cleanup)."""
+    yield
+    kit = sys.modules.get("fault_kit")
+    if kit is not None:
+        kit.Command.kill_all()
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """A quiet local Ray (dashboard on 127.0.0.1, small object store), shared by the session."""
+def ray_local(tmp_path_factory):
+    """A quiet local Ray (dashboard on 127.0.0.1, small object store), shared by the session.
+
+    Its session directory and HOME are temporary: Ray keeps state under HOME (``~/.ray/auth_token``
+    turns token auth on for every later local Ray) and jigclu its study cache (``~/.cache/jigclu``).
+    """
+    import shutil
+    import tempfile
+
     import ray
 
     from jigclu.ray_session import init_ray
 
-    init_ray(num_cpus=RAY_CPUS)
-    yield ray
-    ray.shutdown()
+    saved_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    temp = tempfile.mkdtemp(prefix="jr-", dir="/tmp")  # Ray's unix socket paths must stay under 108 bytes
+    try:
+        init_ray(num_cpus=RAY_CPUS, temp_dir=temp)
+        yield ray
+    finally:
+        ray.shutdown()
+        if saved_home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = saved_home
+        shutil.rmtree(temp, ignore_errors=True)

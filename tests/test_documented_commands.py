@@ -1,9 +1,12 @@
 """Every ``jigclu ...`` command the docs show runs as written.
 
 Commands are extracted from README.md, clusters/README.md, docs/*.md and the KubeRay manifests'
-entrypoints (also the part after ``-- `` of a ``ray job submit``), their placeholders filled in;
-commands that start work run with ``--dry-run`` (everything checked offline, nothing started),
-the others must at least parse.
+entrypoints (also the part after ``-- `` of a ``ray job submit``), their placeholders filled in.
+Commands that start training run with ``--dry-run`` (everything checked offline, nothing started,
+nothing written). The others run for real on tiny data, in a scratch directory: ``report`` on a
+sweep directory laid out as a sweep leaves it, ``knn`` and ``export`` on a tiny pretrained run
+(with overrides appended that shrink the data), ``data convert`` on digits, ``cluster validate``
+and ``render``; only a report of a cloud URI (no bucket here) is left at parsing.
 """
 
 from __future__ import annotations
@@ -72,9 +75,13 @@ def pretrained(tmp_path_factory) -> Path:
 
 
 def _fill(command: str, pretrained: Path, tmp: Path) -> list[str]:
-    subs = {"runs/<run>": str(pretrained), "<run>": str(pretrained), "$BUCKET": "my-bucket", "YOUR-BUCKET": "my-bucket",
+    subs = {"validate ~/my-cluster.yaml": f"validate {ROOT}/clusters/gcp-gpu.yaml",  # a file the user made
+            "runs/<run>": str(pretrained), "<run>": str(pretrained), "$BUCKET": "my-bucket", "YOUR-BUCKET": "my-bucket",
             "$SWEEP": "pretrain_fashion", "configs/best.yaml": "configs/demo.yaml", "$GCP_PROJECT": "my-project",
-            "\"$AMI\"": "ami-0123456789abcdef0", "~/": f"{tmp}/"}
+            "\"$AMI\"": "ami-0123456789abcdef0", "~/": f"{tmp}/",
+            # tiny data for the commands that run for real
+            "data convert fashion_mnist /data/fmnist-parquet": f"data convert digits {tmp}/pq",
+            "validate my-cluster.yaml": f"validate {ROOT}/clusters/aws-gpu.yaml"}
     for old, new in subs.items():
         command = command.replace(old, new)
     command = command.replace("pretrain ... ", "pretrain --config configs/demo.yaml ")
@@ -86,17 +93,47 @@ def test_the_docs_show_commands():
     assert {"pretrain", "tune", "linear", "semi", "report", "cluster"} <= found, found
 
 
+# appended to the commands that read a dataset: digits, a few hundred images
+TINY_DATA = ["data.dataset=digits", "data.image_size=32", "monitor.train_limit=300", "monitor.test_limit=100"]
+
+
+def _repo_entries() -> set[str]:
+    return {p.name for p in ROOT.iterdir()} | {f"{d}/{p.name}" for d in ("runs", "sweeps") if (ROOT / d).is_dir()
+                                               for p in (ROOT / d).iterdir()}
+
+
 @pytest.mark.parametrize("where,command", documented_commands(), ids=lambda v: v if "/" in v or ".md" in v else None)
 def test_documented_command_runs_as_written(where, command, pretrained, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     args = _fill(command, pretrained, tmp_path)
-    if args[0] in STARTS_WORK:
-        code = main([args[0], "--dry-run", *args[1:], f"output_dir={tmp_path / 'out'}"] if args[0] != "tune"
-                    else [args[0], "--dry-run", *args[1:]])
+    before = _repo_entries()
+    if args[0] in STARTS_WORK:  # --dry-run: validated offline, nothing started and nothing written
+        code = main([args[0], "--dry-run", *args[1:], f"output_dir={tmp_path / 'out'}"])
         assert code == 0, f"{where}: jigclu {command}\n{capsys.readouterr().err}"
-        assert not (tmp_path / "out").exists()
-    else:  # reads or writes something real: it must at least parse as written
-        try:
-            build_parser().parse_args(args)
-        except SystemExit as exc:
-            pytest.fail(f"{where}: jigclu {command} does not parse ({exc.code}): {capsys.readouterr().err}")
+        assert not (tmp_path / "out").exists() and _repo_entries() == before, f"{where}: --dry-run wrote something"
+        return
+    if args[0] == "report" and "://" in args[1]:  # a bucket this machine cannot reach: it must parse
+        build_parser().parse_args(args)
+        return
+    work = tmp_path / "work"
+    work.mkdir()
+    if args[0] == "report":  # the sweep directory the command names, as a finished sweep leaves it
+        from test_report import make_sweep
+
+        make_sweep(work / Path(args[1]).parent, Path(args[1]).name, trials=[
+            {"id": "a", "curve": [40.0, 55.0, 60.0], "done": True}, {"id": "b", "curve": [45.0, 50.0], "done": True}])
+    if args[0] == "knn":
+        args += TINY_DATA
+    if args[0] in ("report", "export", "knn"):  # relative inputs and outputs: in the scratch directory
+        monkeypatch.chdir(work)
+    code = main(args)
+    out = capsys.readouterr()
+    assert code == 0, f"{where}: jigclu {command}\n{out.err[-2000:]}"
+    assert _repo_entries() == before, f"{where}: wrote into the repository"
+    written = {"export": "backbone.pt", "--export": "trials.parquet", "-o": None}
+    for flag, name in written.items():
+        if flag in args:
+            target = work / (name or args[args.index(flag) + 1])
+            assert Path(target).exists(), f"{where}: jigclu {command} did not write {target}"
+    if args[:2] == ["data", "convert"]:
+        assert list((tmp_path / "pq").rglob("*.parquet")), f"{where}: no shards written"

@@ -89,23 +89,24 @@ def test_a_metrics_line_that_does_not_fit_leaves_the_file_as_it_was(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_filesystem_ray_gets_rides_out_an_outage(tmp_path):
-    """What Ray Train and Tune write through (``ray_storage``'s filesystem) survives an endpoint
-    that refuses connections for longer than the AWS client's own retries."""
+def test_the_filesystem_ray_train_gets_rides_out_an_outage(tmp_path, monkeypatch):
+    """What Ray Train writes through (``ray_storage``'s filesystem for an ``s3://`` root) survives an
+    endpoint that refuses connections for longer than the AWS client's own retries: fails if
+    ``ray_storage`` hands Ray Train the bare object-store filesystem."""
     import threading
 
     import cluster_box
-    import pyarrow.fs as pafs
 
-    from jigclu.retrying_fs import retrying_filesystem
+    from jigclu.ray_train import ray_storage
 
     s3 = cluster_box.S3Endpoint(tmp_path)
     proxy = cluster_box.TcpProxy(s3.port)
     back = threading.Timer(12.0, proxy.start)  # back after 12 s, while the calls below wait
     try:
         s3.create_bucket("runs")
-        fs = retrying_filesystem(pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                                                   endpoint_override=f"127.0.0.1:{proxy.port}", scheme="http"))
+        for key, value in s3.env.items():  # restored by monkeypatch after the test
+            monkeypatch.setenv(key, value)
+        fs = ray_storage(f"s3://runs/out?endpoint_override=127.0.0.1:{proxy.port}&scheme=http")["storage_filesystem"]
         proxy.stop()
         back.start()
         with fs.open_output_stream("runs/trial/checkpoint_manager_snapshot.json") as out:

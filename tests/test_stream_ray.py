@@ -65,6 +65,12 @@ def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed
     metrics = read_metrics(tmp_path / "streamed")
     epochs = [m["epoch"] for m in metrics]
     assert sorted(set(epochs)) == [0, 1, 2, 3] and summary["last"]["epoch"] == 3, epochs
+    # resumed from the checkpoint (epoch 1 was reported before the kill), not from scratch: at most the
+    # epoch in flight is trained again
+    assert epochs == sorted(epochs) and len(epochs) - len(set(epochs)) <= 1, epochs
+    kill_time = float(marker.read_text())
+    assert [m["epoch"] for m in metrics if m["time"] < kill_time] == [0, 1], epochs
+    assert next(m["epoch"] for m in metrics if m["time"] > kill_time) in (1, 2), epochs
     assert all(m["corrupt_skipped"] == 1 for m in metrics)  # the one bad row, every epoch, on whichever worker
     assert all(m["images_seen"] == (383 // 2 // 16) * 32 for m in metrics)  # equal shares of the 383 good rows
     assert metrics[-1]["loss"] < metrics[0]["loss"]

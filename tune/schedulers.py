@@ -67,7 +67,7 @@ def build_scheduler(sweep: Sweep) -> Any:
     if sched.type == "pbt":
         return PopulationBasedTraining(time_attr="training_iteration", metric=sweep.metric, mode=spec.mode,
                                        perturbation_interval=sched.perturbation_interval,
-                                       quantile_fraction=sched.quantile_fraction,
+                                       quantile_fraction=sched.quantile_fraction, synch=sched.synch,
                                        hyperparam_mutations={p.key: tune_domain(p) for p in sweep.params})
     return FIFOScheduler()
 

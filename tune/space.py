@@ -118,6 +118,8 @@ class SchedulerSpec(BaseModel):
     perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps")
     quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="pbt: the bottom fraction that "
                                      "copies a top trial's checkpoint")
+    synch: bool = Field(False, description="pbt: perturb all trials together at each interval (trials that "
+                        "arrive first wait for the others): exploits no longer depend on which trial is ahead")
 
 
 class ResourcesSpec(BaseModel):
