@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # pytest workers etc. stay modest: CI has 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: setup data test test-fast demo demo-pretrain bench bench-quality bench-sweeps bench-stream faults gpu-check clean help
+.PHONY: setup data postgres test test-fast demo demo-pretrain bench bench-quality bench-sweeps bench-stream faults gpu-check clean help
 
 help:
 	@echo "make demo   - set up, then run the demo (real data, short run, report)"
@@ -20,7 +20,7 @@ help:
 	@echo "make faults - set up, then run the fault matrix (faults injected from outside; ~8 min)"
 	@echo "make gpu-check - set up, then check the CUDA path (2-rank global montage, augment, bf16, img/s, memory)"
 
-setup: $(STAMP) data
+setup: $(STAMP) data postgres
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ data:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	  || echo "note: could not install dataset-fashion-mnist; using scikit-learn digits"; \
 	else echo "note: Fashion-MNIST not installed (needs root: apt-get install dataset-fashion-mnist); using digits"; fi
+
+# PostgreSQL from Debian, for the shared-study test (tests/test_study_postgres.py starts its own server
+# on 127.0.0.1 and stops it). Optional: without root or apt we carry on and that test skips.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "note: could not install postgresql; the PostgreSQL study test will skip"; \
+	else echo "note: PostgreSQL not installed (needs root: apt-get install postgresql); its study test will skip"; fi
 
 test: setup
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

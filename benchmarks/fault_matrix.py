@@ -36,6 +36,7 @@ from fault_kit import (COLUMNS, Command, Row, check_checkpoints, cluster_box, ep
                        EPOCHS, pretrain_args, resume, wait_for_epochs)
 
 import faults_elastic  # noqa: E402
+import faults_preempt  # noqa: E402
 import faults_ray  # noqa: E402
 from jigclu.runs import RunLayout  # noqa: E402
 
@@ -117,13 +118,14 @@ def row_s3_outage(work: Path, rng: random.Random, outage_s: float = 20.0, worker
     run = f"pretrain, {workers} Ray Train workers, s3://" if workers else "pretrain, 1 process, s3://"
     row, t0 = Row(f"S3 endpoint down {outage_s:.0f} s mid-run", run), time.time()
     s3 = cluster_box.S3Endpoint(work)
-    proxy = None
+    proxy, saved_env = None, {}
     try:
         s3.create_bucket("runs")
         proxy = cluster_box.TcpProxy(s3.port)
         env = {**s3.env, "AWS_ENDPOINT_URL": proxy.url}
         args, run_dir = pretrain_args("s3://runs/out", "outage", f"scaling.workers={workers}"), "s3://runs/out/outage"
-        os.environ.update(env)  # this process reads the run back through the same endpoint
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # this process reads the run back through the same endpoint (restored below)
         cmd = Command(args, work, env)
         per_epoch = wait_for_epochs(run_dir, 2, cmd)
         time.sleep(rng.uniform(0.0, 1.0) * per_epoch)
@@ -139,6 +141,11 @@ def row_s3_outage(work: Path, rng: random.Random, outage_s: float = 20.0, worker
             row.outcome = f"exit {code}; resumed, exit {rcode}" if rcode == 0 else "failed"
         row = judge(row, run_dir, before if code else [], err)
     finally:
+        for key, value in saved_env.items():  # no fake credentials or dead endpoint left for later tests
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         if proxy:
             proxy.stop()
         s3.stop()
@@ -147,11 +154,27 @@ def row_s3_outage(work: Path, rng: random.Random, outage_s: float = 20.0, worker
 
 
 ROWS: dict[str, Callable[[Path, random.Random], Row | list[Row]]] = {
-    "sigint": row_sigint, "truncated": row_truncated, "enospc": row_enospc, "s3": row_s3_outage,
+    "sigint": row_sigint, "sigterm": faults_preempt.row_sigterm,
+    "truncated": row_truncated, "enospc": row_enospc, "s3": row_s3_outage,
     "s3-ray": lambda work, rng: row_s3_outage(work, rng, workers=2),
-    "worker": faults_ray.row_worker_kill, "node": faults_ray.row_node_kill, "sweep": faults_ray.row_sweep_driver_kill,
+    "worker": faults_ray.row_worker_kill, "sigterm-ray": faults_preempt.row_sigterm_ray_worker,
+    "sigterm-driver": faults_preempt.row_sigterm_ray_driver,
+    "node": faults_ray.row_node_kill, "sweep": faults_ray.row_sweep_driver_kill,
+    "sweep-sigterm": lambda work, rng: faults_ray.row_sweep_driver_kill(work, rng, sig=signal.SIGTERM),
     "elastic-sweep": faults_elastic.row_elastic_sweep,
 }
+
+
+def merged(new: list[list[str]]) -> list[list[str]]:
+    """RESULTS.md's fault-matrix rows with ``new`` in place of the rows of the same fault and run."""
+    _pre, sections = common.split_sections(common.RESULTS.read_text() if common.RESULTS.exists() else "")
+    body = dict(sections).get("Fault matrix", "")
+    old = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in body.splitlines()
+           if line.startswith("| ") and not line.startswith("| fault ")]
+    rows = {(r[0], r[1]): r for r in old if len(r) == len(COLUMNS)}
+    for row in new:
+        rows[(row[0], row[1])] = row
+    return list(rows.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(ROWS), default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
+    parser.add_argument("--merge", action="store_true", help="with --only: put these rows into RESULTS.md's table, "
+                        "replacing the rows of the same fault and run, keeping the others")
     args = parser.parse_args(argv)
     info = common.machine_info()
     rows = []
@@ -172,12 +197,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             common.progress(f"faults: {name}: {row.outcome}; target {'met' if row.ok else 'MISSED'}")
     common.print_table("Fault matrix", COLUMNS, [r.cells() for r in rows])
-    if not args.no_write and not args.only:
+    if not args.no_write and (not args.only or args.merge):
         import torch
 
+        cells = [r.cells() for r in rows]
         intro = "\n\n".join(__doc__.split("\n\n")[1:3])
-        body = (f"{intro}\n\nCPU capability: `{torch.backends.cpu.get_cpu_capability()}`; seed {args.seed}.\n\n"
-                + common.markdown_table(COLUMNS, [r.cells() for r in rows]) + "\n\n"
+        note = ""
+        if args.only:  # a partial run: the other rows as the last run that had them left them
+            cells = merged(cells)
+            note = f" Rows {', '.join(args.only)} last run on {time.strftime('%Y-%m-%d')} (`--only ... --merge`)."
+        body = (f"{intro}\n\nCPU capability: `{torch.backends.cpu.get_cpu_capability()}`; seed {args.seed}.{note}\n\n"
+                + common.markdown_table(COLUMNS, cells) + "\n\n"
                 + common.info_block(common.finish_info(info)))
         common.write_section("Fault matrix", body)
     return 0 if all(r.ok or r.outcome.startswith("skipped") for r in rows) else 1

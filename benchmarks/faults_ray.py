@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sqlite3
 import time
 from pathlib import Path
@@ -130,39 +131,53 @@ def _study_trials(sweep_dir: Path) -> dict[str, int]:
         return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
 
 
-def row_sweep_driver_kill(work: Path, rng: random.Random) -> Row:
+def row_sweep_driver_kill(work: Path, rng: random.Random, sig: int = signal.SIGKILL) -> Row:
     """SIGKILL of the sweep driver at a random moment around a trial's end (when Tune saves its
-    state), then ``jigclu tune --resume``: finished trials are kept, the study stays consistent."""
-    row, t0 = Row("SIGKILL of the sweep driver mid-save", "sweep, 4 trials x 3 epochs"), time.time()
+    state), then ``jigclu tune --resume``: finished trials are kept, the study stays consistent.
+
+    With ``sig=SIGTERM`` (a preempted head node, an evicted pod) only the driver process gets the
+    signal; it must stop the sweep itself (Tune's state and the study saved), exit 143 within 60 s
+    with one line saying how to continue, and ``--resume`` must finish the sweep the same way."""
+    name = "SIGTERM" if sig == signal.SIGTERM else "SIGKILL"
+    row, t0 = Row(f"{name} of the sweep driver mid-save", "sweep, 4 trials x 3 epochs"), time.time()
     args = ["tune", "--no-progress", "--no-report", "--config", str(SWEEP), *SWEEP_ARGS, f"output_dir={work}",
             "name=sk"]
     sweep_dir = work / "sk"
     cmd = Command(args, work)
-    deadline = time.time() + 400
+    deadline, code = time.time() + 400, None
     try:
         while time.time() < deadline:  # the first trial has finished all its epochs
             if any(len(e) == 3 for e in _trial_epochs(sweep_dir).values()) or cmd.proc.poll() is not None:
                 break
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 3.0))  # Tune saves its state about every second
+        if sig == signal.SIGTERM:
+            cmd.proc.send_signal(signal.SIGTERM)
+            try:
+                code = cmd.wait(60)
+            except subprocess.TimeoutExpired:
+                code = "none within 60 s"
     finally:
         cmd.kill()
     before = _trial_epochs(sweep_dir)
     done_before = {k for k, e in before.items() if len(e) == 3}
     again = Command([*args, "--resume"], work)
-    code = again.wait(900)
+    rcode = again.wait(900)
     after = _trial_epochs(sweep_dir)
     live = {k: e for k, e in after.items() if not k.startswith(".orphan")}
     finished = [k for k, e in live.items() if len(e) == 3]
     kept = all(after.get(k) == before[k] for k in done_before)
     study = _study_trials(sweep_dir)
-    row.outcome = f"resumed: {len(finished)}/4 trials finished" if code == 0 else f"failed (exit {code})"
+    stopped = f"exit {code}; " if code is not None else ""
+    row.outcome = f"{stopped}resumed: {len(finished)}/4 trials finished" if rcode == 0 else f"failed (exit {rcode})"
     row.redone = sum(len(e) - len(set(e)) for e in live.values()) + \
         sum(len(e) for k, e in after.items() if k.startswith(".orphan"))
     row.checkpoints = f"{len(done_before)} finished trial(s) kept as they were" if kept else "finished trial changed"
-    ok_saw, row.user_saw = user_saw(again.stderr)
+    ok_saw, row.user_saw = user_saw(cmd.stderr if sig == signal.SIGTERM else again.stderr)
     consistent = study == {"COMPLETE": 4}
     row.data_lost = "none" if kept and len(finished) == 4 and consistent else f"study: {study}"
-    row.ok = code == 0 and kept and len(finished) == 4 and consistent and row.redone <= 1 and ok_saw
+    row.ok = rcode == 0 and kept and len(finished) == 4 and consistent and row.redone <= 1 and ok_saw
+    if sig == signal.SIGTERM:  # stopped by itself, saying how to go on
+        row.ok = row.ok and code == 143 and "--resume" in cmd.stderr
     row.seconds = time.time() - t0
     return row

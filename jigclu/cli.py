@@ -225,9 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     _quiet(args.verbose)
     from jigclu.errors import JigcluError
+    from jigclu.preempt import EXIT_TERMINATED, Preempted, TerminatedAtOnce
 
     try:
         return int(args.func(args) or 0)
+    except Preempted as exc:
+        print(f"jigclu: {exc}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except TerminatedAtOnce as exc:
+        print(f"jigclu: {exc}", file=sys.stderr)
+        return EXIT_TERMINATED
     except JigcluError as exc:
         print(f"jigclu: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

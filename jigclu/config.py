@@ -111,6 +111,10 @@ class TrainConfig(_Section):
     progress: bool = True
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="newest checkpoints kept (a corrupt newest "
                                   "one falls back to the previous)")
+    checkpoint_every_s: float | None = Field(
+        None, gt=0.0, le=1e6, description="also checkpoint mid-epoch (with the data position) when this many "
+        "seconds have passed since the last checkpoint; null: only at epoch ends and on SIGTERM (a sweep's "
+        "in-process trials checkpoint per epoch only)")
 
 
 class MonitorConfig(_Section):

@@ -45,6 +45,10 @@ class RunContext(Protocol):
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         """Persist the epoch's checkpoint (if any), then its metrics."""
 
+    # A context that can also keep mid-epoch checkpoints (SIGTERM, ``train.checkpoint_every_s``) has
+    # ``checkpoint_mid_epoch(state)``, called on every worker; one without it (a sweep's in-process
+    # trial, whose checkpoints Tune keeps per epoch) gets none, and the loop then ignores both.
+
     def where(self) -> RunLayout | None:
         """The run's layout, for files a task writes beside its checkpoints (None: Ray keeps them)."""
 
@@ -99,6 +103,11 @@ class LocalContext:
             if state is not None:
                 self.layout.save_checkpoint(state, keep=self.keep)
             self.layout.append_metrics(metrics)
+
+    def checkpoint_mid_epoch(self, state: dict[str, Any]) -> None:
+        """A checkpoint inside an epoch (``state['position']``); no metrics line: the epoch is not done."""
+        if self.is_main:
+            self.layout.save_mid_epoch(state, keep=self.keep)
 
 
 @contextmanager

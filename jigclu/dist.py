@@ -96,3 +96,22 @@ def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def any_true(flags: list[bool]) -> list[bool]:
+    """Element-wise: True where any rank passes True (an all-reduce of ``max``; the identity in
+    one process). How every worker learns, at the same step, that one of them was asked to stop."""
+    if not is_distributed():
+        return list(flags)
+    out = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in out.tolist()]
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """``obj`` of every rank, in rank order (pickled; for small things such as an epoch's sums)."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

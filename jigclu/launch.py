@@ -16,6 +16,7 @@ from jigclu.config import RunConfig
 from jigclu.context import LocalContext, resolve_device
 from jigclu.data.stream import choose_loader
 from jigclu.errors import ConfigError
+from jigclu.preempt import stop_on_sigterm
 from jigclu.runs import RunLayout, cleanup_failed, guard_new_run, run_name, run_root
 from jigclu.trainers import DOWNSTREAM, run_task, task_class
 
@@ -72,7 +73,8 @@ def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = F
     layout.save_config(cfg)
     ctx = LocalContext(layout.root, device=device, resume=resume, progress=progress and cfg.train.progress,
                        keep=cfg.train.keep_checkpoints)
-    summary = cleanup_failed(layout, created, lambda: run_task(task, cfg, ctx))
+    with stop_on_sigterm():  # SIGTERM: a checkpoint at the next step, then Preempted (jigclu.preempt)
+        summary = cleanup_failed(layout, created, lambda: run_task(task, cfg, ctx))
     summary["run_dir"] = layout.root
     return summary
 

@@ -12,7 +12,10 @@ size from the latest checkpoint when nodes come or go). The loop itself does not
 * every epoch the checkpoint goes through ``ray.train.report`` to the run's storage (local
   path, ``s3://`` or ``gs://``) and a restarted worker group resumes from
   ``ray.train.get_checkpoint()``; re-running the same command (same name and storage)
-  continues a run whose driver died.
+  continues a run whose driver died;
+* a SIGTERMed worker (spot preemption, pod eviction) stops the whole group at the next step with
+  a mid-epoch checkpoint, and Ray Train's restart continues from that step; a SIGTERMed driver
+  passes it on to the workers, then exits 143 (:mod:`jigclu.ray_preempt`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from jigclu import storage
 from jigclu.config import RunConfig
 from jigclu.context import checkpoint_dir, state_in
 from jigclu.errors import ConfigError, JigcluError
+from jigclu.preempt import Preempted
 from jigclu.ray_data import quiet_data_context, train_datasets
 from jigclu.retrying_fs import retrying_filesystem
 from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root,
@@ -34,6 +38,7 @@ from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray
 from jigclu.trainers import epoch_line, run_task
 
 from jigclu.ray_session import WorkerGroupJanitor, init_ray, prepare_elastic_run  # sets Ray's env defaults
+from jigclu.ray_preempt import DriverSigterm, StopOnSigterm  # noqa: E402
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
@@ -100,16 +105,37 @@ class RayTrainContext:
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         metrics = {k: jsonable(v) for k, v in metrics.items()}
         rank = ray.train.get_context().get_world_rank()
-        if rank == 0 and state is not None:
-            with checkpoint_dir(state, metrics) as directory:
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=ray_checkpoint_name(int(metrics.get("epoch", 0))))
-        else:
-            ray.train.report(metrics)
+        epoch = int(metrics.get("epoch", 0))
+        self._report({**metrics, KEEP_SCORE: epoch + 1}, state if rank == 0 else None, ray_checkpoint_name(epoch))
         if rank == 0:
             self.layout.append_metrics(metrics)
         if self.after_report is not None:
             self.after_report(metrics, rank)
+
+    def checkpoint_mid_epoch(self, state: dict[str, Any]) -> None:
+        """Every worker reports (``ray.train.report`` is collective), rank 0 with the checkpoint. Its
+        ``epoch`` is the last finished one, so a sweep trial's reporter, which skips epochs it has
+        seen (``tune/train_trial.py``), never takes it for an epoch; nothing goes to ``metrics.jsonl``."""
+        position = state["position"]
+        metrics = {"epoch": int(state["epoch"]), "mid_epoch": True, "position_epoch": int(position["epoch"]),
+                   "position_step": int(position["step"]), KEEP_SCORE: 0}
+        rank = ray.train.get_context().get_world_rank()
+        self._report(metrics, state if rank == 0 else None,
+                     ray_checkpoint_name(int(position["epoch"]), int(position["step"])))
+
+    @staticmethod
+    def _report(metrics: dict[str, Any], state: dict[str, Any] | None, name: str) -> None:
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with checkpoint_dir(state, metrics) as directory:
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory), checkpoint_dir_name=name)
+
+
+KEEP_SCORE = "checkpoint_keep_score"
+"""Ray keeps the ``train.keep_checkpoints`` best checkpoints by this, and always the newest: epoch
+``e`` scores ``e + 1`` and a mid-epoch checkpoint 0, so one never pushes out an epoch checkpoint
+and goes once it is no longer the newest (the plain-process layout keeps the same ones)."""
 
 
 def _train_fn(loop_config: dict[str, Any]) -> None:
@@ -171,9 +197,10 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
                                          os.environ.get("JIGCLU_ELASTIC_MONITOR_S", "10"))),
         run_config=RayRunConfig(name=cfg.name, **ray_storage(root),
                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                                                   checkpoint_score_attribute=KEEP_SCORE),
                                 # removes worker groups Ray Train's own shutdown left behind
-                                callbacks=[*(callbacks or []), WorkerGroupJanitor()]),
+                                callbacks=[*(callbacks or []), WorkerGroupJanitor(), StopOnSigterm()]),
     )
 
 
@@ -220,13 +247,19 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
     trainer = make_trainer(task, cfg, root, after_report=after_report)
     watcher = _MetricsWatcher(layout, cfg, enabled=progress and cfg.train.progress, task=task)
 
+    driver_sigterm = DriverSigterm(layout, cfg.train.epochs if task == "pretrain" else cfg.eval.epochs)
+
     def fit() -> Any:
-        with watcher:
+        with watcher, driver_sigterm:
             return trainer.fit()
 
     try:
         result = cleanup_failed(layout, created, fit)
-    except Exception as exc:  # Ray wraps worker errors: surface a user error as one line
+    except BaseException as exc:  # Ray wraps worker errors: surface a user error as one line
+        if driver_sigterm.outcome is not None:  # whatever Ray Train's abort left on the way out
+            raise Preempted(driver_sigterm.outcome) from None
+        if not isinstance(exc, Exception):
+            raise
         cause = root_cause(exc)
         if isinstance(cause, JigcluError):
             raise type(cause)(str(cause)) from None

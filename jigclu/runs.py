@@ -8,7 +8,15 @@ holds::
     metrics.jsonl                   one JSON line per epoch
     checkpoints/epoch_00004.pt      a plain-process run's checkpoints, the newest ``keep`` kept
     checkpoint_epoch_00004/state.pt a Ray Train run's checkpoints (Ray keeps the newest ``keep``)
+    checkpoints/mid_epoch_00005_step_000017.pt  mid-epoch (SIGTERM, ``train.checkpoint_every_s``):
+    checkpoint_mid_epoch_00005_step_000017/     epoch 5 after 17 steps of it; for ``--resume`` only
     labels_subset.txt               semi-supervised runs: the labeled subset
+
+A mid-epoch checkpoint is never taken for a finished epoch: its ``epoch`` entry is the last finished
+epoch (its ``position`` says where it stopped after that), it writes no metrics line, does not count
+among the ``keep`` epoch checkpoints and goes once a newer epoch checkpoint exists. What loads a
+run's newest weights (:meth:`RunLayout.checkpoints`: ``export``, ``knn``, ``eval.pretrained``) sees
+finished epochs only; a resume (:meth:`RunLayout.load_latest`) takes the newest of either kind.
 
 Checkpoints are written atomically; when the newest one cannot be read (a disk that filled
 up, a truncated upload) :meth:`RunLayout.load_latest` warns and falls back to the previous
@@ -40,6 +48,10 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"  # the state inside a Ray Train / Tune checkpoint directory
 _LOCAL_CKPT = re.compile(r"^epoch_(\d+)\.pt$")
 _RAY_CKPT = re.compile(r"^checkpoint_epoch_(\d+)$")
+_LOCAL_MID = re.compile(r"^mid_epoch_(\d+)_step_(\d+)\.pt$")
+_RAY_MID = re.compile(r"^checkpoint_mid_epoch_(\d+)_step_(\d+)$")
+# (epoch, steps of it trained): where a checkpoint lets a run go on; finished epoch e is at (e + 1, 0)
+Position = tuple[int, int]
 
 
 def run_name(task: str, name: str | None) -> str:
@@ -56,9 +68,10 @@ def run_root(cfg: Any) -> str:
     return storage.normalise(cfg.storage or cfg.output_dir)
 
 
-def ray_checkpoint_name(epoch: int) -> str:
-    """The directory name Ray Train gives the checkpoint of ``epoch`` inside a run directory."""
-    return f"checkpoint_epoch_{epoch:05d}"
+def ray_checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """The directory name Ray Train gives the checkpoint of ``epoch`` (or, mid-epoch, of ``epoch``
+    after ``step`` steps of it) inside a run directory."""
+    return f"checkpoint_epoch_{epoch:05d}" if step is None else f"checkpoint_mid_epoch_{epoch:05d}_step_{step:06d}"
 
 
 def jsonable(value: Any) -> Any:
@@ -107,44 +120,77 @@ class RunLayout:
     def checkpoint_file(self, epoch: int) -> str:
         return storage.join(self.root, CHECKPOINT_DIR, f"epoch_{epoch:05d}.pt")
 
-    def checkpoints(self) -> list[tuple[int, str]]:
-        """``(epoch, file)`` of every checkpoint of either layout, newest first."""
+    def mid_epoch_file(self, epoch: int, step: int) -> str:
+        return storage.join(self.root, CHECKPOINT_DIR, f"mid_epoch_{epoch:05d}_step_{step:06d}.pt")
+
+    def _scan(self) -> list[tuple[Position, bool, str, bool]]:
+        """``(position, finished epoch?, file, a plain-process file?)`` of every checkpoint, newest first."""
         found = []
-        for name in storage.list_dir(storage.join(self.root, CHECKPOINT_DIR)):
-            if m := _LOCAL_CKPT.match(name):
-                found.append((int(m.group(1)), storage.join(self.root, CHECKPOINT_DIR, name)))
-        for name in storage.list_dir(self.root):
-            if m := _RAY_CKPT.match(name):
-                found.append((int(m.group(1)), storage.join(self.root, name, STATE_FILE)))
+        for folder, inside, done, mid in ((storage.join(self.root, CHECKPOINT_DIR), (), _LOCAL_CKPT, _LOCAL_MID),
+                                          (self.root, (STATE_FILE,), _RAY_CKPT, _RAY_MID)):
+            for name in storage.list_dir(folder):
+                if m := done.match(name):
+                    found.append(((int(m.group(1)) + 1, 0), True, storage.join(folder, name, *inside), not inside))
+                elif m := mid.match(name):
+                    found.append(((int(m.group(1)), int(m.group(2))), False, storage.join(folder, name, *inside),
+                                  not inside))
         return sorted(found, reverse=True)
 
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """``(epoch, file)`` of every *finished-epoch* checkpoint of either layout, newest first."""
+        return [(pos[0] - 1, file) for pos, finished, file, _ in self._scan() if finished]
+
+    def resume_points(self) -> list[tuple[Position, str]]:
+        """``(position, file)`` of every checkpoint, mid-epoch ones included, newest position first."""
+        return [(pos, file) for pos, _finished, file, _ in self._scan()]
+
     def has_checkpoint(self) -> bool:
-        return bool(self.checkpoints())
+        return bool(self._scan())
 
     def latest_checkpoint(self) -> str:
-        """The newest checkpoint file; a one-line error naming where it looked when there is none."""
+        """The newest finished-epoch checkpoint; a one-line error naming where it looked when there is none."""
         found = self.checkpoints()
-        if not found:
-            raise JigcluError(f"no checkpoint in {self.root} (looked for {CHECKPOINT_DIR}/epoch_*.pt and "
-                              f"checkpoint_epoch_*/{STATE_FILE})")
-        return found[0][1]
+        if found:
+            return found[0][1]
+        if mid := self.resume_points():
+            (epoch, step), _file = mid[0]
+            raise JigcluError(f"{self.root} has no finished epoch yet, only a mid-epoch checkpoint (epoch {epoch + 1} "
+                              f"after step {step}), which is for --resume: resume the run to finish the epoch")
+        raise JigcluError(f"no checkpoint in {self.root} (looked for {CHECKPOINT_DIR}/epoch_*.pt and "
+                          f"checkpoint_epoch_*/{STATE_FILE})")
 
     def save_checkpoint(self, state: dict[str, Any], keep: int = 2) -> str:
-        """Write ``state`` as the checkpoint of ``state['epoch']``; keep only the newest ``keep``."""
+        """Write ``state`` as the checkpoint of finished epoch ``state['epoch']``; keep only the newest ``keep``."""
         path = save_checkpoint(state, self.checkpoint_file(int(state["epoch"])))
-        for _epoch, old in self.checkpoints()[max(1, keep):]:
-            if _LOCAL_CKPT.match(old.rsplit("/", 1)[-1]):
-                storage.delete(old)
+        self._prune(keep)
         return path
 
+    def save_mid_epoch(self, state: dict[str, Any], keep: int = 2) -> str:
+        """Write a mid-epoch checkpoint at ``state['position']`` (kept apart from the epoch checkpoints)."""
+        position = state["position"]
+        path = save_checkpoint(state, self.mid_epoch_file(int(position["epoch"]), int(position["step"])))
+        self._prune(keep)
+        return path
+
+    def _prune(self, keep: int) -> None:
+        """Keep the newest ``keep`` epoch checkpoints, and the newest ``keep`` mid-epoch ones newer than
+        those; plain-process files only (a Ray Train run's checkpoint directories are Ray's to delete)."""
+        mine = [(p, done, f) for p, done, f, ours in self._scan() if ours]
+        finished = [(p, f) for p, done, f in mine if done]
+        newest = finished[0][0] if finished else (-1, 0)
+        mids = [(p, f) for p, done, f in mine if not done and p > newest]
+        for file in [f for _p, f in finished[max(1, keep):] + mids[max(1, keep):]] + \
+                [f for p, done, f in mine if not done and p <= newest]:
+            storage.delete(file)
+
     def load_latest(self, skip: str | None = None) -> dict[str, Any] | None:
-        """The newest readable checkpoint's state (None when there is none).
+        """The newest readable checkpoint's state, mid-epoch ones included (None when there is none).
 
         An unreadable newest checkpoint is skipped with a warning and the previous one is
         used; only when every retained checkpoint is unreadable is that an error. An unsafe
         one (its pickle would import code) is an error at once.
         """
-        found = [f for _e, f in self.checkpoints() if f != skip]
+        found = [f for _pos, f in self.resume_points() if f != skip]
         errors = []
         for file in found:
             try:

@@ -288,7 +288,8 @@ def test_killed_worker_resumes_semi(ray_local, tmp_path, data, backbone, monkeyp
                      "train.keep_checkpoints=10", "scaling.max_failures=2", steps=2)
     marker = tmp_path / "killed"
     with RegisteredCheckpoints(tmp_path / "fault") as registered:
-        run_dir = run("semi", args, "fault", workers=WORLD, after_report=KillOnce(1, 1, str(marker)))
+        run_dir = run("semi", args, "fault", workers=WORLD,
+                      after_report=KillOnce(1, 1, str(marker), run_dir=str(tmp_path / "fault")))
     assert marker.exists(), "the fault was never injected"
     kill_time = float(marker.read_text())
     metrics = read_metrics(run_dir)

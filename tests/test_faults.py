@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fault_matrix as faults  # noqa: E402  (benchmarks/fault_matrix.py; tests/faults.py is another module)
+import faults_preempt  # noqa: E402
 import faults_ray  # noqa: E402
 
 
@@ -30,6 +31,13 @@ def test_ctrl_c_mid_epoch_then_resume(tmp_path):
     row = faults.row_sigint(tmp_path, random.Random(1))
     _check(row)
     assert row.user_saw == "`jigclu: interrupted`" and row.redone == 0
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_checkpoints_the_step_then_resume(tmp_path):
+    row = faults_preempt.row_sigterm(tmp_path, random.Random(6))
+    _check(row)
+    assert row.user_saw.startswith("`jigclu: terminated (SIGTERM): checkpoint in epoch") and row.redone == 0
 
 
 @pytest.mark.slow
@@ -120,3 +128,17 @@ def test_the_filesystem_ray_train_gets_rides_out_an_outage(tmp_path, monkeypatch
             back.join()
         proxy.stop()
         s3.stop()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigterm_of_the_sweep_driver_saves_its_state_and_resume_finishes(tmp_path):
+    """A preempted head node: SIGTERM to ``jigclu tune`` stops the sweep (Tune's state and the study
+    saved), exit 143 with one line naming --resume; the resumed sweep keeps the finished trials.
+    Fails if SIGTERM kills the driver where it stands (exit -15, nothing said)."""
+    import signal
+
+    row = faults_ray.row_sweep_driver_kill(tmp_path, random.Random(6), sig=signal.SIGTERM)
+    assert row.outcome.startswith("exit 143; resumed: 4/4"), row
+    assert "terminated (SIGTERM)" in row.user_saw and "traceback" not in row.user_saw, row
+    _check(row)

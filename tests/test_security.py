@@ -306,7 +306,7 @@ def _is_loopback(ip: str) -> bool:
 
 def test_loopback_mode_is_set_for_a_local_start_only(monkeypatch):
     """Multi-node runs are untouched: connecting to a cluster sees Ray's own node-IP resolution."""
-    import jigclu.ray_train as rt
+    import jigclu.ray_session as rt
     from ray._private import ray_constants
 
     seen = []

@@ -154,8 +154,9 @@ class SweepSpec(BaseModel):
     output_dir: str = "sweeps"
     storage: str | None = Field(None, description="where the sweep lives (local dir, file://, s3://, gs://); "
                                 "default: output_dir")
-    study_storage: str | None = Field(None, description="Optuna RDB URL (postgresql://..., mysql://...) for the "
-                                      "study; default: SQLite kept with the sweep")
+    study_storage: str | None = Field(None, description="Optuna RDB URL (postgresql://USER@HOST:5432/DB) for the "
+                                      "study, without a password (PGPASSWORD or ~/.pgpass give it: tune/study_db.py); "
+                                      "default: SQLite kept with the sweep")
     trial_mode: Literal["auto", "inprocess", "ray_train"] = "auto"
     max_failures: int = Field(2, ge=0, description="times Tune starts a trial again after its driver died (a "
                               "node lost): it resumes from its checkpoint; a trial that failed for a reason "

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -35,6 +37,7 @@ from jigclu.trainers import run_task
 from tune.report.trial import trial_status
 from tune.selection import BUDGET_STOPPED, check_data, score_on_test
 from tune.space import Sweep
+from tune.study_db import DatabaseStudyLayout, open_study_storage
 
 # Tune's own console tables and headers: our live display replaces them (verbose=0, old engine)
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -139,7 +142,8 @@ def _run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: s
 
 def sweep_layout(sweep: Sweep) -> SweepLayout:
     """Where the sweep lives: ``<storage or output_dir>/<name>``."""
-    return SweepLayout.of(sweep.spec.storage or sweep.spec.output_dir, sweep.spec.name)
+    layout_type = DatabaseStudyLayout if sweep.spec.study_storage else SweepLayout  # no optuna.db with a database
+    return layout_type.of(sweep.spec.storage or sweep.spec.output_dir, sweep.spec.name)
 
 
 def _optuna_storage(sweep: Sweep, layout: SweepLayout) -> Any:
@@ -147,7 +151,7 @@ def _optuna_storage(sweep: Sweep, layout: SweepLayout) -> Any:
     import optuna
 
     if sweep.spec.study_storage:
-        return optuna.storages.RDBStorage(sweep.spec.study_storage)
+        return open_study_storage(sweep.spec.study_storage)  # no password in the URL; one line if it fails
     layout.study_cache.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(f"sqlite:///{layout.study_cache}")
 
@@ -196,7 +200,7 @@ def save_definition(sweep: Sweep, layout: SweepLayout) -> None:
     new = sweep.to_dict()
     if layout.exists():
         old = yaml.safe_load(read_text(layout.definition))
-        for key in ("space", "config", "metric", "mode", "task", "seed"):
+        for key in ("space", "config", "metric", "mode", "task", "seed", "study_storage"):
             if old.get(key) != new.get(key):
                 raise ConfigError(f"sweep '{sweep.spec.name}' already exists in {layout.root} with a different "
                                   f"'{key}'; choose another name=... or delete that directory")
@@ -216,6 +220,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     layout = sweep_layout(sweep)
     check_writable(layout.root)  # missing bucket, credentials, endpoint: one line before anything starts
     check_data(sweep)  # a validation split too large, a metric that needs labels the data lacks
+    if sweep.spec.study_storage and sweep.spec.scheduler.type != "pbt":
+        _optuna_storage(sweep, layout)  # a missing driver, a wrong password, no server: one line, now
     existed = layout.exists()
     save_definition(sweep, layout)
     init_ray(address, verbose, num_cpus=num_cpus)
@@ -237,9 +243,11 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
         tuner._local_tuner._run_config.callbacks = callbacks  # restored tuners keep no callbacks
     else:
         tuner = build_tuner(sweep, layout, callbacks)
-    with callbacks[0]:
+    with callbacks[0], SigtermStopsTune() as sigterm:
         grid = tuner.fit()
-    ended = grid.num_terminated + grid.num_errors == len(grid)  # every trial ended (not a Ctrl-C)
+    # every trial ended (not a Ctrl-C; after a SIGTERM Tune's cleanup marks the stopped trials ended,
+    # but the resumed sweep goes on with them: their Optuna trials must stay RUNNING, not be failed)
+    ended = grid.num_terminated + grid.num_errors == len(grid) and not sigterm.fired
     if ended and sweep.spec.scheduler.type != "pbt":
         fail_abandoned(optuna.load_study(study_name=sweep.spec.name, storage=_optuna_storage(sweep, layout)))
     layout.publish_study()
@@ -248,8 +256,37 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     test_scores = score_on_test(sweep, layout, grid) if ended else None
     if existed:
         layout.set_aside_orphans({r.path.rstrip("/").rsplit("/", 1)[-1] for r in grid if getattr(r, "path", None)})
+    if sigterm.fired:
+        from jigclu.preempt import Preempted
+
+        raise Preempted(f"terminated (SIGTERM): sweep '{sweep.spec.name}' saved its state and its study; "
+                        f"the same command with --resume continues it")
     return {"sweep_dir": layout.root, "resumed": existed, "wall_s": time.time() - started,
             "trials": len(grid), "test_scores": test_scores, **status_counts(grid, sweep)}
+
+
+class SigtermStopsTune:
+    """SIGTERM (a preempted head node, an evicted pod, ``ray job stop``) stops a sweep the way Ctrl-C
+    does: Tune's own SIGINT handler ends its loop, stops the trials and saves the experiment state,
+    then the study is published; the driver exits with 143 and ``--resume`` continues. A second
+    SIGTERM is Python's default again: stop at once (Tune's state is saved every second anyway)."""
+
+    def __init__(self) -> None:
+        self.fired, self._previous = False, None
+
+    def __enter__(self) -> "SigtermStopsTune":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.fired = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's handler while tuner.fit() runs: a graceful stop
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def status_counts(grid: Any, sweep: Sweep) -> dict[str, int]:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from jigclu.errors import DataError
+from jigclu.preempt import ignore_in_loader_worker
 
 
 class ShardSampler(Sampler[int]):
@@ -70,14 +71,16 @@ class ShardSampler(Sampler[int]):
             order = torch.randperm(self.dataset_len, generator=generator)
         else:
             order = torch.arange(self.dataset_len)
-        order = order[self.start :]
+        full, order = order, order[self.start :]
         remainder = len(order) % self.num_replicas
         if self.drop_last:
             return order[: len(order) - remainder]
-        if remainder and len(order):
+        if remainder and len(full):
+            # padded from the epoch's start (not from ``start``): a run resumed mid-epoch at the same
+            # world size pads its last batch with the very images the uninterrupted run would
             pad = self.num_replicas - remainder
-            repeats = -(-pad // len(order))  # ceil: tiny datasets may need several wraps
-            order = torch.cat([order, order.repeat(repeats)[:pad]])
+            repeats = -(-pad // len(full))  # ceil: tiny datasets may need several wraps
+            order = torch.cat([order, full.repeat(repeats)[:pad]])
         return order
 
     def __iter__(self) -> Iterator[int]:
@@ -130,6 +133,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_in_loader_worker if num_workers > 0 else None,
     )
     return loader, sampler
 

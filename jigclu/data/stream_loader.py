@@ -105,7 +105,11 @@ class StreamLoader:
         self.epoch = 0
         self.rows = self.corrupt = 0  # this epoch, this worker
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Start epoch ``epoch``. A stream cannot seek, so ``start`` (samples already drawn, on a
+        mid-epoch resume) is not honoured: the epoch's remaining steps read a new pass of the stream,
+        which may repeat images seen before the stop and miss others (the step count, and so the
+        schedule, is exact; the data position is approximate)."""
         self.epoch = epoch
         self.rows = self.corrupt = 0
 

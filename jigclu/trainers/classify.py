@@ -31,6 +31,7 @@ from jigclu.errors import ConfigError, DataError
 from jigclu.export import load_backbone_weights, load_into
 from jigclu.jigsaw import step_seed
 from jigclu.models import ResNetBackbone, build_backbone
+from jigclu.preempt import ignore_in_loader_worker
 from jigclu.trainers.classify_augment import build_augment
 from jigclu.trainers.common import eval_images, seeded_subset, training_splits
 from jigclu.trainers.loop import StepResult, Task, wrap_ddp
@@ -82,8 +83,8 @@ def evaluate(model: ClassifierModel, dataset: ImageDataset, size: int, device: t
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     mine = torch.arange(rank, len(dataset), world)
-    loader = DataLoader(dataset.subset(mine), batch_size=_EVAL_BATCH, shuffle=False,
-                        collate_fn=collate_uint8, num_workers=num_workers)
+    loader = DataLoader(dataset.subset(mine), batch_size=_EVAL_BATCH, shuffle=False, collate_fn=collate_uint8,
+                        num_workers=num_workers, worker_init_fn=ignore_in_loader_worker if num_workers else None)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, top-5, count
     k = min(5, model.classifier.out_features)
     for images, labels in loader:
@@ -187,8 +188,8 @@ class ClassifyTask(Task):
         if layout is not None:
             layout.save_config(self.cfg)  # the resolved recipe, ready to re-run
 
-    def start_epoch(self, epoch: int) -> None:
-        super().start_epoch(epoch)
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().start_epoch(epoch, skip)
         if not self.frozen:
             self.model.train()
         self.lrs = group_lrs(self.optimizer)  # the rates this epoch trains with

@@ -24,6 +24,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """The global generators' states as a checkpoint can hold them: tensors and plain values only,
+    since checkpoints load with ``weights_only=True`` (numpy's state becomes a tensor)."""
+    _kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"python": random.getstate(), "torch": torch.get_rng_state(), "cuda": cuda,
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only onto as many devices as saved them)."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
 def eval_images(images: Tensor, size: int, device: torch.device | str) -> Tensor:
     """uint8 ``[B, C, H, W]`` -> normalised float ``[B, 3, size, size]`` on ``device``."""
     x = to_float_rgb(images.to(device, non_blocking=True))

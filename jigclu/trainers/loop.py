@@ -21,13 +21,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jigclu import dist
+from jigclu import dist, preempt
 from jigclu.config import RunConfig
 from jigclu.context import RunContext
+from jigclu.data.loader import ShardSampler
 from jigclu.errors import ConfigError, TrainingError
+from jigclu.preempt import Preempted
 from jigclu.progress import TrainProgress
 from jigclu.runs import jsonable
-from jigclu.trainers.common import seed_everything
+from jigclu.trainers.common import rng_state, seed_everything, set_rng_state
 
 StepResult = tuple[Tensor, dict[str, Any], int]
 """``(loss, sums to accumulate over the epoch, images this step across all workers)``."""
@@ -57,8 +59,19 @@ class Task(ABC):
     def on_start(self, ctx: RunContext) -> None:
         """Main worker, once everything is validated, just before the first step."""
 
-    def start_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Before epoch ``epoch``; on a mid-epoch resume the sampler skips the ``skip`` samples of the
+        epoch's global order that the steps before the stop drew, so the rest of the epoch sees the rest."""
+        self.sampler.set_epoch(epoch, skip)
+
+    def samples_drawn(self, skip: int, steps: int) -> int | None:
+        """Samples of the epoch's global order drawn once ``steps`` more steps followed the first
+        ``skip``, all workers together (world-size independent: a resume may be on another world
+        size); None when the loader cannot seek (a stream)."""
+        if not isinstance(self.sampler, ShardSampler):
+            return None
+        per_step = self.loader.batch_size * dist.world_size()  # type: ignore[attr-defined]
+        return min(skip + steps * per_step, self.sampler.dataset_len)
 
     @abstractmethod
     def step(self, batch: Any, epoch: int, step: int) -> StepResult | None:
@@ -85,60 +98,150 @@ class Task(ABC):
 
 
 def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
-    """Train ``task`` to its last epoch, resuming from ``ctx``'s state; returns a summary."""
+    """Train ``task`` to its last epoch, resuming from ``ctx``'s state; returns a summary.
+
+    A stop request (SIGTERM, :mod:`jigclu.preempt`) is honoured after the step in flight: a
+    mid-epoch checkpoint records the position, then :class:`~jigclu.preempt.Preempted` is raised.
+    """
     seed_everything(cfg.seed)
     state = ctx.load_state()
     if state is not None:
         check_resume(state, cfg, task.name, task.resume_keys)
     task.setup(cfg, ctx, state)
-    start_epoch = state["epoch"] + 1 if state is not None else 0
+    start_epoch, start_step = resume_position(state)
+    saved: dict[str, Any] = state or {}
     global_step = int(state.get("global_step") or 0) if state is not None else 0
     if state is not None:
         configured = configured_hyperparameters(task.optimizer, task.scheduler)
         task.optimizer.load_state_dict(state["optimizer"])
         task.scheduler.load_state_dict(state["scheduler"])
         apply_configured(task.optimizer, task.scheduler, configured)
+        if state.get("rng") and not start_step:  # mid-epoch: once the epoch's iterator exists (below)
+            set_rng_state(state["rng"])
     if ctx.is_main:
         task.on_start(ctx)
+    gate = StopGate(ctx, cfg.train.checkpoint_every_s)
+    steps = task.steps_per_epoch
 
-    summary: dict[str, Any] = {"epochs_run": 0, "start_epoch": start_epoch, "last": {}}
-    with TrainProgress(task.steps_per_epoch * task.epochs, task.name, enabled=ctx.progress and ctx.is_main,
-                       completed=start_epoch * task.steps_per_epoch) as bar:
+    summary: dict[str, Any] = {"epochs_run": 0, "start_epoch": start_epoch, "start_step": start_step, "last": {}}
+    with TrainProgress(steps * task.epochs, task.name, enabled=ctx.progress and ctx.is_main,
+                       completed=start_epoch * steps + start_step) as bar:
+        if gate.poll()[0]:  # asked during start-up (a Ray Train worker; a plain process stopped at once)
+            raise Preempted(f"terminated ({preempt.requested()}) before the first step: nothing new to save")
+        preempt.training_started()
         for epoch in range(start_epoch, task.epochs):
-            task.start_epoch(epoch)
-            sums: dict[str, Any] = {}
-            t0 = time.perf_counter()
-            for step, batch in zip(range(task.steps_per_epoch), task.loader):
+            first = start_step if epoch == start_epoch else 0  # steps of this epoch already trained
+            # what the steps before a stop drew, counted when they drew it (the world size may differ now)
+            skip = int(saved["position"].get("samples") or 0) if first else 0
+            task.start_epoch(epoch, skip)
+            sums = resumed_sums(saved) if first else {}
+            t0 = time.perf_counter() - (float(saved.get("epoch_seconds") or 0.0) if first else 0.0)
+            batches = iter(task.loader)  # a DataLoader draws its base seed from the global RNG here
+            if first and saved.get("rng"):
+                set_rng_state(saved["rng"])  # as it was after that step, as if uninterrupted
+            for step, batch in zip(range(first, steps), batches):
                 result = task.step(batch, epoch, step)
-                if result is None:
-                    continue
-                loss, stats, images = result
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {step}; "
-                                        f"{task.nan_hint} (no checkpoint written for this epoch)")
-                task.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                task.optimizer.step()
-                task.after_step()
-                global_step += 1
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0) + value
-                bar.advance(images=images, description=f"{task.name} {epoch + 1}/{task.epochs}", loss=loss.item())
+                if result is not None:
+                    loss, stats, images = result
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {step}; "
+                                            f"{task.nan_hint} (no checkpoint written for this epoch)")
+                    task.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    task.optimizer.step()
+                    task.after_step()
+                    global_step += 1
+                    for key, value in stats.items():
+                        sums[key] = sums.get(key, 0) + value
+                    bar.advance(images=images, description=f"{task.name} {epoch + 1}/{task.epochs}",
+                                loss=loss.item())
+                stop, due = gate.poll()
+                if stop or (due and step + 1 < steps):  # a due one at the epoch's end: the epoch's own follows
+                    position = {"epoch": epoch, "step": step + 1, "samples": task.samples_drawn(skip, step + 1 - first)}
+                    sums_of_all = dist.all_gather_objects({k: float(v) for k, v in sums.items()})
+                    gate.save(checkpoint_state(task, epoch - 1, global_step, position=position, epoch_sums=sums_of_all,
+                                               epoch_seconds=time.perf_counter() - t0))
+                    if stop:
+                        raise Preempted(preempt.stopped_message(position, task.epochs, steps))
             metrics = task.end_epoch(epoch, sums, time.perf_counter() - t0)
             metrics.update(epoch=epoch, step=global_step, world_size=dist.world_size(),
                            epoch_time_s=time.perf_counter() - t0, time=time.time())
+            if first:
+                metrics["resumed_at_step"] = first  # this epoch was stopped and resumed after that step
             bar.log(task.epoch_line(metrics, task.cfg))
-            checkpoint = {
-                "task": task.name, "model": task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
-                "scheduler": task.scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
-                "config": task.cfg.model_dump(mode="json"), "world_size": dist.world_size(), **task.extra_state(),
-                "metrics": {k: jsonable(v) for k, v in metrics.items()},  # a lost metrics line is restored from it
-            }
-            ctx.report(metrics, checkpoint)
+            # a lost metrics line is restored from the checkpoint ("metrics")
+            ctx.report(metrics, checkpoint_state(task, epoch, global_step,
+                                                 metrics={k: jsonable(v) for k, v in metrics.items()}))
+            gate.saved()
             summary["epochs_run"] += 1
             summary["last"] = metrics
+            if epoch + 1 < task.epochs and gate.poll()[0]:
+                raise Preempted(preempt.stopped_message({"epoch": epoch + 1, "step": 0}, task.epochs, steps))
     summary.update(task.summary())
     return summary
+
+
+def checkpoint_state(task: Task, epoch: int, global_step: int, **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict: ``epoch`` is the last *finished* epoch (-1: none yet), also in a
+    mid-epoch checkpoint, whose ``position`` says where in the next epoch it stopped."""
+    return {"task": task.name, "model": task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
+            "scheduler": task.scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
+            "config": task.cfg.model_dump(mode="json"), "world_size": dist.world_size(), "rng": rng_state(),
+            **task.extra_state(), **extra}
+
+
+def resume_position(state: dict[str, Any] | None) -> tuple[int, int]:
+    """``(epoch, steps of it already trained)`` to continue from."""
+    if state is None:
+        return 0, 0
+    position = state.get("position")
+    if position:
+        return int(position["epoch"]), int(position["step"])
+    return int(state["epoch"]) + 1, 0
+
+
+def resumed_sums(state: dict[str, Any] | None) -> dict[str, Any]:
+    """This worker's share of the stopped epoch's sums. The checkpoint holds every rank's; when the
+    world size changed, rank ``r`` takes those of the old ranks ``r, r + W, ...``, so the totals
+    the tasks all-reduce are kept exactly."""
+    parts = (state or {}).get("epoch_sums") or []
+    world, rank = dist.world_size(), dist.rank()
+    out: dict[str, Any] = {}
+    for i, part in enumerate(parts):
+        if i % world == rank:
+            for key, value in part.items():
+                out[key] = out.get(key, 0.0) + value
+    return out
+
+
+class StopGate:
+    """After every step: stop (SIGTERM) and/or a periodic checkpoint (``train.checkpoint_every_s``)?
+
+    Every worker answers the same, at the same step: the flags are all-reduced (one small
+    collective per step, only when ``torch.distributed`` runs), so one SIGTERMed worker stops the
+    whole group there. A context that keeps no mid-epoch checkpoints (a sweep's in-process trial)
+    turns both off.
+    """
+
+    def __init__(self, ctx: RunContext, every_s: float | None) -> None:
+        self.write = getattr(ctx, "checkpoint_mid_epoch", None)
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def poll(self) -> tuple[bool, bool]:
+        """``(stop, a periodic checkpoint is due)``, agreed by every worker."""
+        if self.write is None:
+            return False, False
+        due = self.every_s is not None and time.monotonic() - self.last >= self.every_s
+        stop, due = dist.any_true([preempt.requested() is not None, due])
+        return stop, due
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.write(state)  # type: ignore[misc]
+        self.saved()
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
 
 
 def check_resume(state: dict[str, Any], cfg: RunConfig, task: str, keys: tuple[str, ...]) -> None:
@@ -194,4 +297,5 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-__all__ = ["Task", "StepResult", "run", "check_resume", "wrap_ddp", "apply_configured", "configured_hyperparameters"]
+__all__ = ["Task", "StepResult", "run", "check_resume", "checkpoint_state", "resume_position", "StopGate", "wrap_ddp",
+           "apply_configured", "configured_hyperparameters"]

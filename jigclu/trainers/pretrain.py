@@ -159,8 +159,8 @@ class PretrainTask(Task):
         world = dist.world_size()
         return plan.num_classes, (plan.num_rows // world) * world  # Ray's equal split leaves the rest out
 
-    def start_epoch(self, epoch: int) -> None:
-        super().start_epoch(epoch)
+    def start_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().start_epoch(epoch, skip)
         self.trained.train()
 
     def step(self, batch: Any, epoch: int, step: int) -> StepResult:
