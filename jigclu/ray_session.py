@@ -229,6 +229,31 @@ def _wait_until(predicate: Any, timeout_s: float) -> None:
 
 # -- placement groups of finished runs --------------------------------------------------------------
 
+GROUPS_FILE = "placement_groups.txt"  # in a Ray Train run's directory: every worker group's, one id a line
+
+
+def remove_left_groups(run_dir: str) -> list[str]:
+    """Before a Ray Train run (re)starts: remove the placement groups its earlier attempts created
+    that still hold resources. No attempt of the run is alive then, so each is a leak: one whose
+    controller died with its trial's driver is Ray's ``PlacementGroupCleaner``'s to remove, and
+    when that did not (it needs the State API in time), the retried trial waited forever for CPUs
+    the dead attempt's group held (``benchmarks/faults_elastic.py``)."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    from jigclu import storage
+
+    path = storage.join(run_dir, GROUPS_FILE)
+    if not storage.is_file(path):
+        return []
+    table = ray.util.placement_group_table()
+    removed = []
+    for pg_id in {line.strip() for line in storage.read_text(path).splitlines() if line.strip()}:
+        if table.get(pg_id, {}).get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+            removed.append(pg_id)
+    return removed
+
+
 class WorkerGroupJanitor(ControllerCallback, WorkerGroupCallback):
     """Removes every placement group its Ray Train controller created once it is no longer used.
 
@@ -238,14 +263,24 @@ class WorkerGroupJanitor(ControllerCallback, WorkerGroupCallback):
     keeps its bundles: on a small cluster, the only CPU a later trial could use. The controller
     has one worker group at a time, so when a new one starts, or the controller ends, every group
     it created earlier that still exists is a leak and is removed here. (A controller that dies
-    outright is Ray's ``PlacementGroupCleaner``'s to handle.)
+    outright is Ray's ``PlacementGroupCleaner``'s, and :func:`remove_left_groups`' at the run's next
+    start: each group's id is written to the run's :data:`GROUPS_FILE`.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | None = None) -> None:
         self._groups: list[Any] = []
+        self.run_dir = run_dir
 
     def after_worker_group_start(self, worker_group: Any) -> None:
-        self._groups.append(worker_group.get_worker_group_state().placement_group_handle.placement_group)
+        pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        self._groups.append(pg)
+        if self.run_dir is not None:
+            from jigclu import storage
+
+            try:
+                storage.append_line(storage.join(self.run_dir, GROUPS_FILE), pg.id.hex())
+            except Exception:  # best effort: never fail a run over its cleanup
+                pass
 
     def before_worker_group_start(self, worker_group_context: Any) -> None:
         self._sweep()

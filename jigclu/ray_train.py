@@ -37,7 +37,8 @@ from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray
                          warn)
 from jigclu.trainers import epoch_line, run_task
 
-from jigclu.ray_session import WorkerGroupJanitor, init_ray, prepare_elastic_run  # sets Ray's env defaults
+from jigclu.ray_session import (WorkerGroupJanitor, init_ray, prepare_elastic_run,  # sets Ray's env defaults
+                                remove_left_groups)
 from jigclu.ray_preempt import DriverSigterm, StopOnSigterm  # noqa: E402
 
 import ray  # noqa: E402
@@ -200,7 +201,8 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                                    checkpoint_score_attribute=KEEP_SCORE),
                                 # removes worker groups Ray Train's own shutdown left behind
-                                callbacks=[*(callbacks or []), WorkerGroupJanitor(), StopOnSigterm()]),
+                                callbacks=[*(callbacks or []), WorkerGroupJanitor(storage.join(root, cfg.name)),
+                                                           StopOnSigterm()]),
     )
 
 
@@ -243,6 +245,7 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
     check_resources(cfg, local_cluster=not (address or os.environ.get("RAY_ADDRESS")))
     if isinstance(cfg.scaling.workers, tuple):  # elastic: Ray's coordinator must not sit on a node that may go
         prepare_elastic_run(cfg.name)
+    remove_left_groups(layout.root)  # what an earlier attempt of this run (--resume) left holding resources
     layout.save_config(cfg)  # only once every check has passed: a refused run leaves nothing
     trainer = make_trainer(task, cfg, root, after_report=after_report)
     watcher = _MetricsWatcher(layout, cfg, enabled=progress and cfg.train.progress, task=task)

@@ -29,7 +29,7 @@ from ray.util.queue import Queue
 
 from jigclu import storage
 from jigclu.config import RunConfig
-from jigclu.ray_session import prepare_elastic_run
+from jigclu.ray_session import prepare_elastic_run, remove_left_groups
 from jigclu.ray_train import make_trainer
 from jigclu.runs import STATE_FILE, RunLayout, jsonable
 
@@ -52,6 +52,7 @@ def run_train_trial(task: str, cfg: RunConfig, train_root: str) -> None:
     """Run ``cfg``'s Ray Train job and report each of its epochs to Tune with a pointer checkpoint."""
     if isinstance(cfg.scaling.workers, tuple):
         prepare_elastic_run(cfg.name)
+    remove_left_groups(storage.join(train_root, cfg.name))  # a retried trial: what its dead attempt held
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})  # in the trial's placement group: beside it
     trainer = make_trainer(task, cfg, train_root, callbacks=[ReportToTrial(queue)])
     outcome: dict[str, Any] = {}
