@@ -49,7 +49,7 @@ postgres:
 	else echo "note: PostgreSQL not installed (needs root: apt-get install postgresql); its study test will skip"; fi
 
 test: setup
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not faults" $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not ray and not slow" $(PYTEST_ARGS)
@@ -84,6 +84,7 @@ bench-stream: setup
 
 # Faults injected from outside a real run (kill, Ctrl-C, full disk, S3 outage...): ## Fault matrix
 faults: setup
+	$(BIN)/python -m pytest tests -m faults $(PYTEST_ARGS)
 	$(BIN)/python benchmarks/fault_matrix.py
 
 # One prepared check for a machine with CUDA (under 5 minutes); prints one line and passes without one.

@@ -24,7 +24,8 @@ import pytest
 
 from cluster_box import RayBox, S3Endpoint, raylet_of
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]  # ~4-8 min on 2 cores
+# ~4-8 min on 2 cores: in `make faults` (tests/test_elastic_sweep.py runs the same kind of cluster in make test)
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "jigclu-box"

@@ -132,6 +132,7 @@ def test_the_filesystem_ray_train_gets_rides_out_an_outage(tmp_path, monkeypatch
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.faults  # ~100 s: in `make faults` (and its fault-matrix row sweep-sigterm)
 def test_sigterm_of_the_sweep_driver_saves_its_state_and_resume_finishes(tmp_path):
     """A preempted head node: SIGTERM to ``jigclu tune`` stops the sweep (Tune's state and the study
     saved), exit 143 with one line naming --resume; the resumed sweep keeps the finished trials.
