@@ -223,11 +223,14 @@ def row_sigterm_ray_driver(work: Path, rng: random.Random, address: str | None =
     rcode, _ = resume(args, work, env)
     position = state.get("position") or {}
     resumed = resumed_epochs(run_dir)
-    row.outcome = f"exit {code} {grace:.0f} s after SIGTERM, at epoch {position.get('epoch', -1) + 1} " \
-                  f"step {position.get('step')}; resumed, exit {rcode}"
+    # the workers stop at the next step, or at the end of the epoch when the signal reaches them there
+    # (a loaded machine): then the checkpoint is the epoch's own and the resume starts the next one
+    where = (f"epoch {position['epoch'] + 1} step {position.get('step')}" if position else
+             f"the end of epoch {int(state.get('epoch', -1)) + 1}")
+    row.outcome = f"exit {code} {grace:.0f} s after SIGTERM, at {where}; resumed, exit {rcode}"
     row = judge(row, run_dir, before, err, epochs=EPOCHS)
-    row.ok = (row.ok and code == 143 and rcode == 0 and row.redone == 0 and bool(position)
-              and resumed == [(position.get("epoch"), position.get("step"))] and "terminated (SIGTERM)" in err)
+    row.ok = (row.ok and code == 143 and rcode == 0 and row.redone == 0 and "terminated (SIGTERM)" in err
+              and resumed == ([(position.get("epoch"), position.get("step"))] if position else []))
     row.seconds = time.time() - t0
     return row
 
