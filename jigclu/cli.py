@@ -42,7 +42,8 @@ _TRAIN_HELP = {
     "finetune": "CIFAR-style small-image training: fine-tune the whole network or a linear classifier",
 }
 _DOWNSTREAM_DESCRIPTION = (". Set eval.pretrained=CKPT (a run directory, a .pt checkpoint or an exported state "
-                           "dict; local or a storage URI); without it the backbone starts from random init (the "
+                           "dict; a sweep's trial directory, SWEEP@<trial id> or SWEEP@best, the report's winner; "
+                           "local or a storage URI); without it the backbone starts from random init (the "
                            "baseline). Paper defaults apply to every eval.* key left unset.")
 
 
@@ -63,8 +64,7 @@ def _cmd_train(task: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from rich.console import Console
 
-        from jigclu.config import load_config
-        from jigclu.launch import launch, prepare
+        from jigclu.task_keys import load_task_config
 
         overrides = list(args.overrides)
         if getattr(args, "labels", None) is not None:
@@ -72,7 +72,10 @@ def _cmd_train(task: str) -> Callable[[argparse.Namespace], int]:
         if getattr(args, "protocol", None) is not None:
             overrides.append(f"eval.protocol={args.protocol}")
         console = Console()
-        cfg = load_config(args.config, overrides)
+        cfg = load_task_config(task, args.config, overrides)  # before torch loads: a refused key costs no wait
+        if cfg.eval.pretrained:  # a sweep's trial or winner: the run's config saves its checkpoint file
+            cfg.eval.pretrained = sweep_checkpoint(cfg.eval.pretrained)
+        from jigclu.launch import launch, prepare
         if args.dry_run:
             cfg = prepare(task, cfg, lambda note: console.print(f"[dim]{note}[/]"))
             _check_dataset(cfg.data.dataset)
@@ -86,6 +89,18 @@ def _cmd_train(task: str) -> Callable[[argparse.Namespace], int]:
         return 0
 
     return run
+
+
+def sweep_checkpoint(location: str) -> str:
+    """``location``, or the checkpoint file of the sweep trial it names (``SWEEP@best``, ``SWEEP@<id>``,
+    ``SWEEP/trial-<id>``: :mod:`tune.report.winner`, the report's own choice), said on stderr."""
+    from tune.report.winner import resolve_checkpoint
+
+    found = resolve_checkpoint(location)
+    if found is None:
+        return location
+    print(found.note, file=sys.stderr)
+    return found.file
 
 
 def _check_dataset(spec: str) -> None:
@@ -124,6 +139,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from tune.space import load_sweep
 
     sweep = load_sweep(args.config, args.overrides)
+    pretrained = (sweep.base.get("eval") or {}).get("pretrained")
+    if pretrained:  # a downstream sweep of another sweep's trial or winner: its checkpoint file, in sweep.yaml
+        sweep.base["eval"]["pretrained"] = sweep_checkpoint(str(pretrained))
     if args.dry_run:
         from jigclu.launch import check_storage_syntax
 
@@ -228,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jigclu.preempt import EXIT_TERMINATED, Preempted, TerminatedAtOnce
 
     try:
+        if getattr(args, "checkpoint", None):  # knn --checkpoint, export CHECKPOINT: a sweep's trial or winner too
+            args.checkpoint = sweep_checkpoint(args.checkpoint)
         return int(args.func(args) or 0)
     except Preempted as exc:
         print(f"jigclu: {exc}", file=sys.stderr)

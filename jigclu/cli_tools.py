@@ -2,6 +2,7 @@
 
     jigclu knn      --checkpoint runs/demo [--config ...] [key=value ...] [--json]
     jigclu export   runs/demo backbone.pt --format torchvision
+    jigclu export   sweeps/demo@best backbone.pt       # a sweep's winner (jigclu.cli resolves it)
 
 The training commands (pretrain, linear, semi, finetune) live in :mod:`jigclu.cli`.
 """
@@ -18,8 +19,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                          description="Score a checkpoint's backbone by weighted kNN (k = monitor.k, "
                                      "T = monitor.knn_temperature): bank from the train split, queries "
                                      "from the test split (monitor.train_limit / test_limit).")
-    knn.add_argument("--checkpoint", default=None, help="run directory, .pt checkpoint or export; "
-                                                        "omit for the random-init baseline")
+    knn.add_argument("--checkpoint", default=None, help="run directory, .pt checkpoint or export, a sweep's "
+                                                        "trial directory, SWEEP@<trial id> or SWEEP@best (the "
+                                                        "report's winner); omit for the random-init baseline")
     knn.add_argument("--config", "-c", default=None, help="YAML config file (data and model sections)")
     knn.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     knn.add_argument("--probe", action="store_true", help="also fit the linear probe (jigclu/probe.py: "
@@ -31,7 +33,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser("export", help="write a checkpoint's backbone as a torchvision state dict",
                          description="Backbone only (no heads, no fc), as a plain torchvision ResNet "
                                      "state dict for detection / segmentation frameworks.")
-    exp.add_argument("checkpoint", help="run directory or .pt checkpoint (pretraining or downstream)")
+    exp.add_argument("checkpoint", help="run directory or .pt checkpoint (pretraining or downstream), a sweep's "
+                                        "trial directory, SWEEP@<trial id> or SWEEP@best (the report's winner)")
     exp.add_argument("out", help="output file, e.g. backbone.pt (written atomically)")
     exp.add_argument("--format", choices=("torchvision",), default="torchvision")
     exp.set_defaults(func=_cmd_export)

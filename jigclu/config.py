@@ -7,7 +7,7 @@ credential (an access key, a ``user:secret@`` URI, a private key; :func:`refuse_
 scan cluster files get too): it names the field, never the value, since credentials belong in
 the environment, not in a config that is copied into every run directory.
 
-The same models serve every trainer; each trainer reads the sections it needs. Defaults are
+The same models serve every trainer; each reads only its own keys (:mod:`jigclu.task_keys`). Defaults are
 the paper's (Chen, Liu, Jia, CVPR 2021): SGD 0.9 / 1e-4, lr 0.03 per 256 images, cosine, m = 2, T = 0.3.
 """
 

@@ -120,7 +120,8 @@ def remove_orphaned_worker_groups(cfg: RunConfig, before: set[str], wait_s: floa
             return removed
         try:
             # this cluster by address: with none, the State API refuses when a second Ray runs on the machine
-            actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+            # not DEAD: a concurrent trial's new group has workers still being created (PENDING_CREATION)
+            actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "!=", "DEAD")],
                                  limit=10000, raise_on_missing_output=False)
             occupied = {a.placement_group_id for a in actors}
         except Exception:  # no State API (no dashboard): leave it to Ray

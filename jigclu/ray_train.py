@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 from contextlib import nullcontext
 from typing import Any, Callable
 
 from jigclu import storage
+from jigclu.checkpoint import load_checkpoint
 from jigclu.config import RunConfig
 from jigclu.context import checkpoint_dir, state_in
 from jigclu.errors import ConfigError, JigcluError
 from jigclu.preempt import Preempted
 from jigclu.ray_data import quiet_data_context, train_datasets
 from jigclu.retrying_fs import retrying_filesystem
-from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root,
-                         warn)
+from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root)
 from jigclu.trainers import epoch_line, run_task
 
 from jigclu.ray_session import (WorkerGroupJanitor, init_ray, prepare_elastic_run,  # sets Ray's env defaults
@@ -69,11 +70,14 @@ class RayTrainContext:
     progress = False
 
     def __init__(self, run_dir: str, device: Any, after_report: ReportHook | None = None,
-                 streamed: bool = False) -> None:
+                 streamed: bool = False, initial_state: str | None = None,
+                 keep_best: tuple[str, str] | None = None) -> None:
         self.layout = RunLayout(run_dir)
         self.device = device
         self.after_report = after_report
         self.streamed = streamed  # the trainer was given datasets= (data.loader=ray_data)
+        self.initial_state = initial_state  # where a run with no checkpoint of its own starts (a PBT donor's)
+        self.keep_best = keep_best  # (metric, mode): Ray keeps the best checkpoints by it (see keep_score)
 
     @property
     def is_main(self) -> bool:
@@ -87,6 +91,8 @@ class RayTrainContext:
 
     def load_state(self) -> dict[str, Any] | None:
         state = self._load_state()
+        if state is None and self.initial_state is not None:  # the donor's state: not this run's metrics
+            return load_checkpoint(self.initial_state)
         if ray.train.get_context().get_world_rank() == 0:
             self.layout.restore_metrics(state)
         return state
@@ -107,7 +113,8 @@ class RayTrainContext:
         metrics = {k: jsonable(v) for k, v in metrics.items()}
         rank = ray.train.get_context().get_world_rank()
         epoch = int(metrics.get("epoch", 0))
-        self._report({**metrics, KEEP_SCORE: epoch + 1}, state if rank == 0 else None, ray_checkpoint_name(epoch))
+        self._report({**metrics, KEEP_SCORE: keep_score(metrics, epoch, self.keep_best)}, state if rank == 0 else None,
+                     ray_checkpoint_name(epoch))
         if rank == 0:
             self.layout.append_metrics(metrics)
         if self.after_report is not None:
@@ -119,7 +126,7 @@ class RayTrainContext:
         seen (``tune/train_trial.py``), never takes it for an epoch; nothing goes to ``metrics.jsonl``."""
         position = state["position"]
         metrics = {"epoch": int(state["epoch"]), "mid_epoch": True, "position_epoch": int(position["epoch"]),
-                   "position_step": int(position["step"]), KEEP_SCORE: 0}
+                   "position_step": int(position["step"]), KEEP_SCORE: LOWEST_SCORE}
         rank = ray.train.get_context().get_world_rank()
         self._report(metrics, state if rank == 0 else None,
                      ray_checkpoint_name(int(position["epoch"]), int(position["step"])))
@@ -134,9 +141,24 @@ class RayTrainContext:
 
 
 KEEP_SCORE = "checkpoint_keep_score"
-"""Ray keeps the ``train.keep_checkpoints`` best checkpoints by this, and always the newest: epoch
-``e`` scores ``e + 1`` and a mid-epoch checkpoint 0, so one never pushes out an epoch checkpoint
-and goes once it is no longer the newest (the plain-process layout keeps the same ones)."""
+"""Ray keeps the ``train.keep_checkpoints`` best checkpoints by this, and always the newest
+(:func:`keep_score`); a mid-epoch checkpoint scores :data:`LOWEST_SCORE`, so one never pushes out
+an epoch checkpoint and goes once it is no longer the newest."""
+LOWEST_SCORE = -sys.float_info.max  # finite: Ray's checkpoint snapshot is JSON, where -inf and NaN turn to null
+
+
+def keep_score(metrics: dict[str, Any], epoch: int, keep_best: tuple[str, str] | None) -> float:
+    """How Ray ranks epoch ``epoch``'s checkpoint. A run of its own keeps its newest epochs (``e + 1``,
+    as the plain-process layout does); a sweep trial's run (``keep_best``: the sweep's metric and
+    mode) keeps its best epochs by that metric, so the epoch a trial is ranked by has a checkpoint
+    (an epoch without the metric scores lowest). Ray always keeps the newest besides, to resume from."""
+    if keep_best is None:
+        return float(epoch + 1)
+    metric, mode = keep_best
+    value = metrics.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return LOWEST_SCORE
+    return float(value) if mode == "max" else -float(value)
 
 
 def _train_fn(loop_config: dict[str, Any]) -> None:
@@ -144,8 +166,10 @@ def _train_fn(loop_config: dict[str, Any]) -> None:
     import ray.train.torch as rtt
 
     cfg = RunConfig.model_validate(loop_config["config"])
+    keep_best = loop_config.get("keep_best")
     ctx = RayTrainContext(loop_config["run_dir"], device=rtt.get_device(), after_report=loop_config.get("after_report"),
-                          streamed=cfg.data.loader == "ray_data")
+                          streamed=cfg.data.loader == "ray_data", initial_state=loop_config.get("initial_state"),
+                          keep_best=tuple(keep_best) if keep_best else None)
     run_task(loop_config["task"], cfg, ctx)
 
 
@@ -180,8 +204,13 @@ def _local_cpus(cfg: RunConfig) -> int | None:
 
 
 def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | None = None,
-                 after_report: ReportHook | None = None) -> TorchTrainer:
-    """The TorchTrainer of run ``cfg.name`` under storage ``root`` (the CLI's and each sweep trial's)."""
+                 after_report: ReportHook | None = None, initial_state: str | None = None,
+                 keep_best: tuple[str, str] | None = None) -> TorchTrainer:
+    """The TorchTrainer of run ``cfg.name`` under storage ``root`` (the CLI's and each sweep trial's).
+
+    ``initial_state``: the checkpoint file the run starts from while it has none of its own (a sweep
+    trial exploiting a PBT donor); ``keep_best``: ``(metric, mode)`` by which Ray keeps the run's
+    ``train.keep_checkpoints`` best checkpoints (a sweep trial's), instead of its newest."""
     workers = cfg.scaling.workers
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.gpu:
@@ -190,7 +219,8 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
         _train_fn,
         datasets=train_datasets(cfg),
         train_loop_config={"task": task, "config": cfg.model_dump(mode="json"),
-                           "run_dir": storage.join(root, cfg.name), "after_report": after_report},
+                           "run_dir": storage.join(root, cfg.name), "after_report": after_report,
+                           "initial_state": initial_state, "keep_best": list(keep_best) if keep_best else None},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.scaling.gpu,
                                      resources_per_worker=resources,

@@ -4,8 +4,9 @@ Commands are extracted from README.md, clusters/README.md, docs/*.md and the Kub
 entrypoints (also the part after ``-- `` of a ``ray job submit``), their placeholders filled in.
 Commands that start training run with ``--dry-run`` (everything checked offline, nothing started,
 nothing written). The others run for real on tiny data, in a scratch directory: ``report`` on a
-sweep directory laid out as a sweep leaves it, ``knn`` and ``export`` on a tiny pretrained run
-(with overrides appended that shrink the data), ``data convert`` on digits, ``cluster validate``
+sweep directory laid out as a sweep leaves it, ``knn`` and ``export`` on a tiny pretrained run (or,
+for ``SWEEP@best``, a sweep whose trial kept its checkpoint; with overrides appended that shrink the
+data), ``data convert`` on digits, ``cluster validate``
 and ``render``; only a report of a cloud URI (no bucket here) is left at parsing.
 """
 
@@ -74,6 +75,22 @@ def pretrained(tmp_path_factory) -> Path:
     return out / "run"
 
 
+def _sweep_with_winner(sweep_dir: Path, pretrained: Path) -> None:
+    """A sweep directory whose one trial kept, as the checkpoint of its ranked epoch, the tiny run's."""
+    import json
+    import shutil
+
+    from jigclu.runs import RunLayout
+    from test_report import make_sweep
+
+    make_sweep(sweep_dir.parent, sweep_dir.name, trials=[{"id": "a", "curve": [55.0], "done": True}])
+    result = sweep_dir / "trial-a" / "result.json"
+    result.write_text(json.dumps({**json.loads(result.read_text()), "checkpoint_dir_name": "checkpoint_000000"}) + "\n")
+    kept = sweep_dir / "trial-a" / "checkpoint_000000"
+    kept.mkdir()
+    shutil.copy(RunLayout(str(pretrained)).latest_checkpoint(), kept / "state.pt")
+
+
 def _fill(command: str, pretrained: Path, tmp: Path) -> list[str]:
     subs = {"validate ~/my-cluster.yaml": f"validate {ROOT}/clusters/gcp-gpu.yaml",  # a file the user made
             "runs/<run>": str(pretrained), "<run>": str(pretrained), "$BUCKET": "my-bucket", "YOUR-BUCKET": "my-bucket",
@@ -122,6 +139,8 @@ def test_documented_command_runs_as_written(where, command, pretrained, tmp_path
 
         make_sweep(work / Path(args[1]).parent, Path(args[1]).name, trials=[
             {"id": "a", "curve": [40.0, 55.0, 60.0], "done": True}, {"id": "b", "curve": [45.0, 50.0], "done": True}])
+    if args[0] in ("export", "knn") and "@" in " ".join(args):  # SWEEP@best: a sweep whose trial kept a checkpoint
+        _sweep_with_winner(work / "sweeps" / "pretrain_fashion", pretrained)
     if args[0] == "knn":
         args += TINY_DATA
     if args[0] in ("report", "export", "knn"):  # relative inputs and outputs: in the scratch directory

@@ -110,10 +110,13 @@ def test_not_a_sweep_directory_is_exit_2_with_one_line(tmp_path, capsys):
         assert out == ""
 
 
-def test_a_trial_directory_gets_a_hint(tmp_path, capsys):
-    sweep_dir = make_sweep(tmp_path, trials=[{"id": "a1", "curve": [50.0], "done": True}])
-    code, _ = run_report([str(sweep_dir / "trial-a1")])
-    assert code == 2 and "pass its parent" in capsys.readouterr().err
+def test_a_trial_directory_reports_its_sweep_acting_on_that_trial(tmp_path):
+    sweep_dir = make_sweep(tmp_path, trials=[{"id": "a1", "curve": [50.0], "done": True},
+                                             {"id": "b2", "curve": [60.0], "done": True}])
+    code, out = run_report([str(sweep_dir / "trial-a1"), "--format", "json"])
+    data = json.loads(out)
+    assert code == 0 and data["best"]["trial_id"] == "b2" and data["act"]["trial_id"] == "a1"
+    assert "no kept checkpoint" in data["act"]["error"]  # these trials reported no checkpoint
 
 
 def test_unreadable_sweep_yaml_is_exit_2(tmp_path, capsys):
@@ -268,8 +271,8 @@ def test_narrow_terminal_and_no_color(tmp_path, monkeypatch):
     assert code == 0
     assert not COLOUR.search(out), "NO_COLOR must leave no colour codes"
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
-    # every line fits, but the re-run command: it stays one line to copy (the terminal wraps it)
-    assert max(len(line) for line in plain.splitlines() if not line.startswith("jigclu pretrain")) <= 60
+    # every line fits, but the commands: each stays one line to copy (the terminal wraps it)
+    assert max(len(line) for line in plain.splitlines() if not line.startswith("jigclu ")) <= 60
     assert "Best trial t0" in plain and "Their sampled parameters" in plain  # parameters moved to their own table
     monkeypatch.delenv("NO_COLOR")
     _, coloured = run_report([str(sweep_dir)], width=60, force_terminal=True, color_system="standard")

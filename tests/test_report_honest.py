@@ -181,8 +181,12 @@ def test_rung_correlation_reads_the_first_rung(tmp_path):
                              definition={**PROBE, "scheduler": {"grace_period": 2, "max_t": 4}})
     rc = rep.build_report(load_sweep_dir(sweep_dir), importances=False)["rung_correlation"]
     # epoch 2's knn ranks the trials 0..4; epoch 1's would rank them the other way round (-0.8)
+    per_rung = rc.pop("per_rung")
     assert rc == {"rung_metric": "knn_top1", "rung_epoch": 2, "final_metric": "probe_top1", "n_trials": 5,
                   "spearman": pytest.approx(0.8), "message": None}
+    # every rung (2; 4 is max_t), for kNN and for the probe where the rows have it
+    assert per_rung[0] == {"epoch": 2, "metric": "knn_top1", "n_trials": 5, "spearman": pytest.approx(0.8)}
+    assert {r["epoch"] for r in per_rung} == {2}
     _, out = run_report([str(sweep_dir)])
     assert "rung knn_top1 (epoch 2) vs final probe_top1: Spearman 0.80 over 5 trials" in out
 

@@ -90,7 +90,8 @@ def pretrained(tmp_path_factory) -> Path:
 def test_malicious_checkpoint_is_refused_by_every_loader(tmp_path, capsys, command, fmt):
     marker = tmp_path / "pwned"
     evil = write_evil(tmp_path / "evil.pt", marker, fmt)
-    args = {"linear": ["linear", "--no-progress", *TINY, f"output_dir={tmp_path / 'out'}", f"eval.pretrained={evil}"],
+    downstream = [*DATA, "data.limit=64", "eval.epochs=1", "train.steps_per_epoch=2"]  # linear reads eval.*
+    args = {"linear": ["linear", "--no-progress", *downstream, f"output_dir={tmp_path / 'out'}", f"eval.pretrained={evil}"],
             "knn": ["knn", "--checkpoint", str(evil), *DATA],
             "export": ["export", str(evil), str(tmp_path / "backbone.pt")]}[command]
     code, _out, err = cli(capsys, *args)

@@ -15,11 +15,12 @@ study holds one finished trial per finished Tune trial and nothing stays RUNNING
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import optuna
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 CONFIG_PREFIX = "config/"  # Tune flattens a result's config under this prefix
@@ -67,7 +68,25 @@ class ResumableOptunaSearch(OptunaSearch):
 
 class ResumableLimiter(ConcurrencyLimiter):
     """ConcurrencyLimiter that counts a restored running trial it did not know as live, so its
-    completion reaches the searcher instead of being dropped."""
+    completion reaches the searcher instead of being dropped; and trials a promotion scheduler holds
+    paused at a rung (``paused_by``, tune/promotion.py) do not hold a slot, or the search would stop
+    giving configs while its trials wait to be promoted."""
+
+    paused_by: Any = None
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if not self._limit_concurrency or self.paused_by is None:
+            return super().suggest(trial_id)
+        if len(self.live_trials - self.paused_by.paused_ids()) >= self.max_concurrent:
+            return None
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, Searcher.FINISHED):
+            self.live_trials.add(trial_id)
+            self.num_unfinished_live_trials += 1
+        return suggestion
+
+    def get_state(self) -> dict[str, Any]:  # the scheduler is saved with the experiment, not in here
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in ("searcher", "paused_by")})
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if self._limit_concurrency and trial_id not in self.live_trials:

@@ -42,39 +42,42 @@ def check_data(sweep: Sweep) -> None:
     split_validation(train, cfg.data.val_size, cfg.data.val_seed, cfg.data.dataset)
 
 
-def _best_value(result: Any, metric: str, mode: str) -> float | None:
-    frame = getattr(result, "metrics_dataframe", None)
-    if frame is None or metric not in frame or frame[metric].dropna().empty:
-        return None
-    column = frame[metric].dropna()
-    return float(column.max() if mode == "max" else column.min())
-
-
-def score_on_test(sweep: Sweep, layout: SweepLayout, grid: Any, say: Any = print) -> dict[str, Any] | None:
-    """Score the ``test_top_k`` best trials (by the sweep's metric on the validation split) once on
-    the test split, from each one's final checkpoint; writes and returns ``test_scores.json``."""
-    from jigclu.ray_train import state_from
+def score_on_test(sweep: Sweep, layout: SweepLayout, say: Any = print) -> dict[str, Any] | None:
+    """Score the ``test_top_k`` best trials (by the sweep's metric on the validation split, in the
+    report's order: with repeats, the leaders by their mean over seeds) once on the test split, each
+    from the checkpoint of the epoch it is ranked by (the one ``SWEEP@best`` exports); writes and
+    returns ``test_scores.json``."""
+    from jigclu.checkpoint import load_checkpoint
     from jigclu.trainers.knn import test_score
-    from tune.train_trial import pointed_state
+    from tune.report.checkpoints import NoCheckpoint, ranked_checkpoint
+    from tune.report.data import load_sweep_dir
+    from tune.report.summary import build_report
 
     spec = sweep.spec
     if spec.test_top_k == 0 or spec.task != "pretrain" or spec.val_size is None:
         return None
-    ranked = [(v, r) for r in grid if r.error is None and r.checkpoint is not None
-              and (v := _best_value(r, sweep.metric, spec.mode)) is not None]
-    ranked.sort(key=lambda vr: -vr[0] if spec.mode == "max" else vr[0])
+    data = load_sweep_dir(layout.root)
+    trials = {t.trial_id: t for t in data.trials}
+    report = build_report(data, top=None, metric=sweep.metric, mode=spec.mode, importances=False)
     entries = []
-    for rank, (value, result) in enumerate(ranked[:spec.test_top_k], 1):
-        # an in-process trial's checkpoint holds the state; a Ray Train trial's points to it
-        state = pointed_state(result.checkpoint, layout.train_root) or state_from(result.checkpoint)
-        if state is None:
+    for entry in report["top"]:
+        if len(entries) == spec.test_top_k:
+            break
+        if entry["status"] == "errored" or entry["best_value"] is None:
             continue
+        try:
+            found = ranked_checkpoint(layout.root, trials[entry["trial_id"]], sweep.metric, spec.mode)
+        except NoCheckpoint as exc:
+            say(f"not scoring trial {entry['trial_id']} on the test split: {exc}")
+            continue
+        state = load_checkpoint(found.file, map_location="cpu")
         cfg = build_config(RunConfig, state["config"])
-        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial-")
-        say(f"scoring trial {trial_id} (rank {rank} on val, {sweep.metric} {value:.2f}) once on the test split")
+        rank = len(entries) + 1
+        say(f"scoring trial {entry['trial_id']} (rank {rank} on val, {sweep.metric} {found.value:.2f} at epoch "
+            f"{found.epoch}) once on the test split")
         scores = test_score(cfg, state["model"])
-        entries.append({"trial_id": trial_id, "rank": rank, "epoch": int(state["epoch"]) + 1,
-                        "val_value": value, "queries": int(scores.pop("queries")),
+        entries.append({"trial_id": entry["trial_id"], "rank": rank, "epoch": int(state["epoch"]) + 1,
+                        "val_value": found.value, "queries": int(scores.pop("queries")),
                         "metrics": {k: float(v) for k, v in scores.items()}})
     if not entries:
         return None

@@ -16,10 +16,9 @@ A sweep file names the trainer, its base config, and the knobs to search::
     num_samples: 8
     ...
 
-Each key of ``space`` must be a key of the trainer config; every value a sampler may produce is
-checked against the config model before any trial starts, so an unknown key, an empty
-choice, a ``loguniform`` with a non-positive bound, or a space in which no combination is
-valid is one clear error up front.
+Each key of ``space`` and ``config`` must be a trainer-config key the task reads (:mod:`jigclu.task_keys`); every
+value a sampler may produce is checked against the config model before any trial starts, so an unknown or unread
+key, an empty choice, a ``loguniform`` with a non-positive bound, or a space with no valid combination is one error.
 """
 
 from __future__ import annotations
@@ -29,13 +28,15 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from jigclu.config import RunConfig, build_config, deep_merge, format_validation_error, read_yaml
 from jigclu.errors import ConfigError
+from jigclu.task_keys import refuse_unread_in_sweep
+from tune.spec import PBT_MUTABLE, SweepSpec, milestones
 
 KINDS = ("choice", "uniform", "loguniform", "int", "logint")
 
@@ -103,81 +104,6 @@ def parse_param(key: str, spec: Any) -> Param:
     if kind in ("int", "logint") and not (float(low).is_integer() and float(high).is_integer()):
         raise ConfigError(f"space: {key}: int bounds must be whole numbers")
     return Param(key, kind, (low, high))
-
-
-# What PBT may change in a running trial: values a restored checkpoint can train on as they are.
-PBT_MUTABLE = ("optim.lr", "loss.temperature", "loss.w_loc", "loss.w_clu")
-
-
-class SchedulerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["asha", "pbt", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
-    max_t: int | None = Field(None, ge=1, description="default: the trainer's epochs")
-    perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps")
-    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="pbt: the bottom fraction that "
-                                     "copies a top trial's checkpoint")
-    synch: bool = Field(False, description="pbt: perturb all trials together at each interval (trials that "
-                        "arrive first wait for the others): exploits no longer depend on which trial is ahead")
-
-
-class ResourcesSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, ge=0.0, description="CPUs of an in-process trial (per worker for Ray Train trials)")
-    gpu: float = Field(0.0, ge=0.0)
-
-
-class SweepSpec(BaseModel):
-    """A sweep file, validated. ``config`` is the base trainer config (a mapping)."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = "sweep"
-    task: Literal["pretrain", "linear", "semi", "finetune"] = "pretrain"
-    base: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, Any] = Field(default_factory=dict)
-    metric: str | None = None
-    mode: Literal["max", "min"] = "max"
-    objective: Literal["metric", "linear_probe"] = Field("metric", description="linear_probe: select on a "
-                                                         "frozen-feature probe (probe_top1) on the validation split")
-    rung_metric: str | None = Field(None, description="what ASHA compares at its rungs; default: knn_top1 for "
-                                    "the linear_probe objective, else the metric")
-    searcher: Literal["tpe", "random"] = "tpe"
-    val_size: float | None = Field(0.1, gt=0, description="validation split carved from the training images "
-                                   "(a count or a fraction < 1): what every selection scores; null = the test split")
-    test_top_k: int = Field(1, ge=0, description="after the sweep, score this many best trials once on the test split")
-    num_samples: int = Field(8, ge=1, le=100000)
-    max_concurrent: int = Field(2, ge=1)
-    time_budget_s: float | None = Field(None, gt=0)
-    seed: int = 0
-    output_dir: str = "sweeps"
-    storage: str | None = Field(None, description="where the sweep lives (local dir, file://, s3://, gs://); "
-                                "default: output_dir")
-    study_storage: str | None = Field(None, description="Optuna RDB URL (postgresql://USER@HOST:5432/DB) for the "
-                                      "study, without a password (PGPASSWORD or ~/.pgpass give it: tune/study_db.py); "
-                                      "default: SQLite kept with the sweep")
-    trial_mode: Literal["auto", "inprocess", "ray_train"] = "auto"
-    max_failures: int = Field(2, ge=0, description="times Tune starts a trial again after its driver died (a "
-                              "node lost): it resumes from its checkpoint; a trial that failed for a reason "
-                              "of its own is not trained again")
-    resources: ResourcesSpec = ResourcesSpec()
-    scheduler: SchedulerSpec = SchedulerSpec()
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        if not v or "/" in v or v in (".", ".."):
-            raise ValueError("must be a plain name, not a path")
-        return v
-
-    def default_metric(self) -> str:
-        if self.objective == "linear_probe":
-            return "probe_top1"
-        return self.metric or ("knn_top1" if self.task == "pretrain" else "val_top1")
-
-    def default_rung_metric(self) -> str:
-        return self.rung_metric or ("knn_top1" if self.objective == "linear_probe" else self.default_metric())
 
 
 @dataclass
@@ -283,6 +209,7 @@ def as_sweep_overrides(nested: dict[str, Any]) -> dict[str, Any]:
 
 def validate_sweep(spec: SweepSpec, base: dict[str, Any]) -> Sweep:
     """Check the base config and every sampled value against the trainer config model."""
+    refuse_unread_in_sweep(spec.task, spec.config, spec.space)  # keys the task never reads
     try:
         base_cfg = build_config(RunConfig, base)
     except ConfigError as exc:
@@ -316,11 +243,17 @@ def validate_sweep(spec: SweepSpec, base: dict[str, Any]) -> Sweep:
     else:
         raise ConfigError(f"sweep: no combination of the space is valid ({min(total, 20000)} checked); "
                           f"for example: {first_error}")
-    return Sweep(spec, base, params)
+    sweep = Sweep(spec, base, params)
+    if spec.repeats is not None:
+        _check_repeats(sweep)
+    return sweep
 
 
 def _check_science(spec: SweepSpec, base_cfg: RunConfig, params: list[Param]) -> None:
     """Sweep options that cannot work together: one line each, before any trial starts."""
+    if spec.repeats is not None and spec.scheduler.type == "pbt":
+        raise ConfigError("sweep: repeats re-run a config with other seeds, but under scheduler pbt a trial's "
+                          "config changes as it trains; drop 'repeats' or use scheduler.type asha, promote or none")
     if spec.scheduler.type == "pbt":
         fixed = [p.key for p in params if p.key not in PBT_MUTABLE]
         if fixed:
@@ -338,6 +271,28 @@ def _check_science(spec: SweepSpec, base_cfg: RunConfig, params: list[Param]) ->
                               f"drop 'metric' or use objective: metric")
         if not base_cfg.monitor.knn:
             raise ConfigError("sweep: objective linear_probe needs the monitor (monitor.knn: true)")
+
+
+def _check_repeats(sweep: Sweep) -> None:
+    """Repeats that cannot work or cannot fit: one line each."""
+    spec, params, rep = sweep.spec, sweep.params, sweep.spec.repeats
+    if any(p.key == "seed" for p in params):
+        raise ConfigError("sweep: 'seed' is in the space and repeats set the seeds of the leaders' re-runs; "
+                          "drop one of them")
+    extra = rep.top_k * (rep.seeds - 1)
+    sched = spec.scheduler
+    if sched.type == "promote":
+        full = int((spec.num_samples - extra) / sched.reduction_factor ** len(milestones(
+            sched.grace_period, sched.reduction_factor, sweep.max_t)))
+        if full < rep.top_k:
+            raise ConfigError(f"sweep: repeats.top_k {rep.top_k} leaders must run every epoch, but the promotion "
+                              f"scheduler takes only {full} of {spec.num_samples - extra} search trials to max_t "
+                              f"{sweep.max_t}; raise num_samples, lower repeats.top_k or raise scheduler.grace_period")
+    if spec.num_samples - extra < rep.top_k:
+        raise ConfigError(f"sweep: repeats need {extra} trials ({rep.top_k} leaders x {rep.seeds - 1} more seeds) "
+                          f"of num_samples {spec.num_samples}, leaving {spec.num_samples - extra} for the search, "
+                          f"fewer than its {rep.top_k} leaders; raise num_samples to at least {extra + rep.top_k * 2} "
+                          f"or lower repeats.top_k / repeats.seeds")
 
 
 def _check_key(key: str) -> None:

@@ -34,6 +34,7 @@ from jigclu.runs import RunLayout, SweepLayout, jsonable
 from jigclu import storage
 from jigclu.storage import check_writable, read_text, write_atomic
 from jigclu.trainers import run_task
+from tune.repeats import REPEAT_OF
 from tune.report.trial import trial_status
 from tune.selection import BUDGET_STOPPED, check_data, score_on_test
 from tune.space import Sweep
@@ -121,7 +122,8 @@ def _run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: s
     layout = SweepLayout(sweep_root)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = layout.trial(trial_id)  # in the sweep's storage, whichever node this trial runs on
-    cfg = sweep.trial_config(params)  # an invalid combination raises ConfigError: the trial errors
+    # an invalid combination raises ConfigError: the trial errors; a repeat's leader is no config key
+    cfg = sweep.trial_config({k: v for k, v in params.items() if k != REPEAT_OF})
     cfg.name = f"{spec.name}-{trial_id}"
     cfg.monitor.every = 1  # the scheduler needs the metric at every report
     cfg = prepare(spec.task, cfg)  # downstream trials adopt their checkpoint's model, as `jigclu linear` does
@@ -132,7 +134,7 @@ def _run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: s
 
         before = placement_groups()
         try:
-            run_train_trial(spec.task, cfg, layout.train_root)
+            run_train_trial(sweep, cfg, layout.train_root, trial_dir)
         finally:
             remove_orphaned_worker_groups(cfg, before)
         return
@@ -158,15 +160,17 @@ def _optuna_storage(sweep: Sweep, layout: SweepLayout) -> Any:
 
 def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune.Tuner:
     """A fresh Tuner for the sweep (search, scheduler, stop rule, storage: ``tune.schedulers``)."""
-    from tune.schedulers import CollapseStopper, build_scheduler, build_search
+    from tune.schedulers import CollapseStopper, build_scheduler, build_search, link
 
     spec = sweep.spec
     search_alg, param_space = build_search(sweep, None if spec.scheduler.type == "pbt" else
                                            _optuna_storage(sweep, layout))
+    scheduler = build_scheduler(sweep)
+    link(search_alg, scheduler)
     return tune.Tuner(
         _trainable(sweep, layout),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=build_scheduler(sweep),
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
                                     num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=spec.name, **ray_storage(storage.parent(layout.root), retrying=False),
@@ -174,10 +178,19 @@ def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune
                                   # a trial whose driver died with its node starts again (and resumes)
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   callbacks=callbacks, log_to_file=True,
-                                  # PBT restores other trials' checkpoints: keep a few, or they are gone by then
-                                  checkpoint_config=tune.CheckpointConfig(
-                                      num_to_keep=4 if spec.scheduler.type == "pbt" else 1)),
+                                  checkpoint_config=_checkpoints_kept(sweep)),
     )
+
+
+def _checkpoints_kept(sweep: Sweep) -> tune.CheckpointConfig:
+    """Each trial keeps the checkpoint of its best epoch by the sweep's metric (what the report ranks
+    it by, so the winner's checkpoint gives that value back: tune/report/checkpoints.py) and, as Tune
+    always does, its newest (what a resume loads). PBT keeps its 4 newest instead: an exploit loads a
+    donor's checkpoint of its last perturbation, which a best-only rule could already have deleted."""
+    if sweep.spec.scheduler.type == "pbt":
+        return tune.CheckpointConfig(num_to_keep=4)
+    return tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep.metric,
+                                 checkpoint_score_order=sweep.spec.mode)
 
 
 def _trial_name(trial: Any) -> str:
@@ -253,7 +266,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     layout.publish_study()
     if callbacks[0].budget_stopped:  # for the report: these trials were cut by the budget, not by ASHA
         write_atomic(layout.file(BUDGET_STOPPED), json.dumps(sorted(callbacks[0].budget_stopped)))
-    test_scores = score_on_test(sweep, layout, grid) if ended else None
+    test_scores = score_on_test(sweep, layout) if ended else None
     if existed:
         layout.set_aside_orphans({r.path.rstrip("/").rsplit("/", 1)[-1] for r in grid if getattr(r, "path", None)})
     if sigterm.fired:

@@ -107,7 +107,10 @@ class ResourceWait(Callback):
                 needs = trial.placement_group_factory.required_resources
                 out[trial.trial_id] = f"its driver needs {_fmt_resources(needs)}; {cluster_line()}"
             elif trial.status == "RUNNING":
-                status, detail = runs.get(f"{self.sweep_name}-{trial.trial_id}", ("", ""))
+                name = f"{self.sweep_name}-{trial.trial_id}"  # after PBT exploits: <name>-x<k> (tune.train_trial)
+                mine = [r for r in runs if r == name or r.startswith(f"{name}-x")]
+                newest = max(mine, key=lambda r: int(r.rpartition("-x")[2]) if r != name else 0, default=name)
+                status, detail = runs.get(newest, ("", ""))
                 if status in WAITING_RUN_STATES:
                     out[trial.trial_id] = (f"its Ray Train run is {status}"
                                            + (f" ({detail.splitlines()[0][:160]})" if detail else "")

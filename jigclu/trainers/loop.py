@@ -105,6 +105,7 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     """
     seed_everything(cfg.seed)
     state = ctx.load_state()
+    started_from = resumed_from(state)  # said in the first epoch's metrics: where this run (re)started
     if state is not None:
         check_resume(state, cfg, task.name, task.resume_keys)
     task.setup(cfg, ctx, state)
@@ -168,6 +169,8 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
                            epoch_time_s=time.perf_counter() - t0, time=time.time())
             if first:
                 metrics["resumed_at_step"] = first  # this epoch was stopped and resumed after that step
+            metrics.update(started_from)
+            started_from = {}
             bar.log(task.epoch_line(metrics, task.cfg))
             # a lost metrics line is restored from the checkpoint ("metrics")
             ctx.report(metrics, checkpoint_state(task, epoch, global_step,
@@ -188,6 +191,22 @@ def checkpoint_state(task: Task, epoch: int, global_step: int, **extra: Any) -> 
             "scheduler": task.scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
             "config": task.cfg.model_dump(mode="json"), "world_size": dist.world_size(), "rng": rng_state(),
             **task.extra_state(), **extra}
+
+
+def resumed_from(state: dict[str, Any] | None) -> dict[str, Any]:
+    """The first epoch after loading ``state``: which finished epoch it continues and a checksum of the
+    weights it loaded (:func:`weights_l1`), so a resume, or a PBT trial exploiting another trial's
+    checkpoint, shows in the metrics what it started from."""
+    if state is None:
+        return {}
+    return {"resumed_from_epoch": int(state["epoch"]), "resumed_weights_l1": weights_l1(state["model"])}
+
+
+def weights_l1(model_state: dict[str, Any]) -> float:
+    """Sum of the absolute values of a state dict's floating-point tensors (float64): a checksum that
+    tells two models' weights apart."""
+    return float(sum(t.detach().double().abs().sum() for t in model_state.values()
+                     if torch.is_tensor(t) and t.is_floating_point()))
 
 
 def resume_position(state: dict[str, Any] | None) -> tuple[int, int]:
@@ -298,4 +317,4 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 __all__ = ["Task", "StepResult", "run", "check_resume", "checkpoint_state", "resume_position", "StopGate", "wrap_ddp",
-           "apply_configured", "configured_hyperparameters"]
+           "apply_configured", "configured_hyperparameters", "resumed_from", "weights_l1"]

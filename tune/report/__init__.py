@@ -22,12 +22,17 @@ One concern a module, each importing only those before it:
 - :mod:`tune.report.science`: selection split and test scores, margins, the first rung's
   Spearman correlation, PBT schedules;
 - :mod:`tune.report.importance`: fANOVA importances from the trials' results, with flags;
+- :mod:`tune.report.checkpoints`: which kept checkpoint of a trial holds the value it is ranked by;
+- :mod:`tune.report.act`: the report's last section, that checkpoint of the winner (or of a trial
+  named) and the commands that evaluate and export it;
 - :mod:`tune.report.summary`: the report as one JSON-ready dict (:func:`build_report`), which
   every output reads, so they always say the same thing;
 - :mod:`tune.report.fmt`: the table style and text formatters the renderers share;
 - :mod:`tune.report.render_science`: the renderables of the science sections;
 - :mod:`tune.report.render`: the rich tables and panels (``render.render(report, console)``);
 - :mod:`tune.report.export`: JSON / YAML text, the Parquet export, the plots;
+- :mod:`tune.report.winner`: ``SWEEP@best``, ``SWEEP@<id>`` and trial directories as checkpoint
+  files, for ``export``, ``knn``, ``eval.pretrained=`` (through ``jigclu.cli``) and ``report``;
 - :mod:`tune.report.cli`: ``jigclu report``'s options and printing.
 """
 

@@ -14,10 +14,13 @@ from tune.report.data import load_sweep_dir
 from tune.report.export import export_parquet, require_matplotlib, to_text, write_plots
 from tune.report.render import render
 from tune.report.summary import DEFAULT_TOP, EXIT_UNREADABLE, build_report
+from tune.report.winner import parse_reference
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep directory: <output_dir>/<name>")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR",
+                   help="a sweep directory: <output_dir>/<name>; SWEEP_DIR/trial-<id> or SWEEP_DIR@<id> end the "
+                        "report with the commands for that trial instead of the winner (SWEEP_DIR@best)")
     p.add_argument("--top", "-k", type=int, default=DEFAULT_TOP, metavar="K",
                    help=f"how many trials to rank (default {DEFAULT_TOP}; 0 = all)")
     p.add_argument("--metric", "-m", default=None, metavar="M",
@@ -66,9 +69,11 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
         raise JigcluError("report: --top must be 0 (all) or a positive number")
     if args.plots:
         require_matplotlib()
-    sweep = load_sweep_dir(args.sweep_dir)
+    ref = parse_reference(args.sweep_dir)  # a trial directory or SWEEP@<id>: the sweep's report, acting on it
+    sweep_dir = ref.sweep if ref is not None else args.sweep_dir
+    sweep = load_sweep_dir(sweep_dir)
     report = build_report(sweep, top=args.top, metric=args.metric, mode=args.mode,
-                          importances=not args.no_importance)
+                          importances=not args.no_importance, act_on=ref.trial if ref else None, shown_as=sweep_dir)
     console = console or Console()
     side: list[str] = []
     if args.export:

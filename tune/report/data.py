@@ -130,8 +130,8 @@ class SweepData:
     def space_keys(self) -> list[str]:
         space = self.definition.get("space")
         keys = list(space) if isinstance(space, dict) else []
-        for trial in self.trials:  # keys a trial has that the definition does not name
-            keys += [k for k in trial.params if k not in keys]
+        for trial in self.trials:  # keys a trial has that the definition does not name (a repeat: its seed)
+            keys += [k for k in trial.params if k not in keys and not trial.repeat_of]
         return keys
 
     def counts(self) -> dict[str, int]:

@@ -34,13 +34,13 @@ def param_importances(sweep: SweepData) -> dict[str, Any]:
     metric, pbt = sweep.metric, sweep.scheduler_type == "pbt"
     out: dict[str, Any] = {"method": "fANOVA", "source": "trial results", "objective": None, "n_trials": 0,
                            "values": None, "flags": {}, "message": None}
-    ended = [t for t in sweep.trials if t.status in ("finished", "stopped")]
+    ended = [t for t in sweep.trials if t.status in ("finished", "stopped") and not t.repeat_of]  # a config once
     used = [(t, t.last_value(metric)) for t in ended if t.last_value(metric) is not None]
     stopped = sum(t.status == "stopped" for t, _ in used)
     missing = sum(t.status == "stopped" for t in ended) - stopped
     objective = f"each trial's last reported {metric}"
     if stopped:
-        by = "ASHA" if sweep.scheduler_type == "asha" else "the sweep"
+        by = {"asha": "ASHA", "promote": "the promotion scheduler"}.get(sweep.scheduler_type, "the sweep")
         objective += f" ({stopped} stopped early by {by}: their value at the epoch they stopped)"
     if missing:
         objective += f"; {missing} stopped trial{'s' * (missing > 1)} never reported {metric}, left out"

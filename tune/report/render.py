@@ -16,7 +16,7 @@ from rich.text import Text
 
 from tune.report.fmt import fmt_duration, fmt_num, local_time, report_table, short_names, sparkline
 from tune.report.render_science import (best_test_text, header_rows, importances, scheduler_text, schedules,
-                                         search_text)
+                                         search_text, seeds_table)
 from tune.report.trial import STATUS_LABELS, STATUSES
 
 STATUS_STYLES = {"finished": "green", "stopped": "yellow", "errored": "bold red", "running": "cyan",
@@ -38,6 +38,9 @@ def render(report: dict[str, Any], console: Console) -> None:
             if i == 0 and _has_test(report):
                 console.print(Text("test: scored once on the test split after the sweep (test_scores.json), "
                                    "for the trials selected on val; - = not scored", style="dim"))
+    if (report.get("seeds") or {}).get("leaders"):
+        console.print()
+        console.print(seeds_table(report["seeds"], metric))
     if report["problems"]:
         console.print()
         console.print(_problems_table(report["problems"]))
@@ -57,6 +60,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     style = {"ok": "yellow", "no_results": "bold yellow", "no_success": "bold red"}[report["status"]]
     for message in report["messages"]:
         console.print(Text(message, style=style))
+    if report.get("act") is not None:
+        console.print()
+        _print_act(report["act"], console)
 
 
 def _header(report: dict[str, Any]) -> Panel:
@@ -213,3 +219,18 @@ def _print_best(report: dict[str, Any], console: Console) -> None:
     console.print(Syntax(best["config_yaml"].rstrip("\n"), "yaml", background_color="default", word_wrap=True))
     console.print(Text("re-run it:", style="dim"))
     console.print(Text(best["command"], style="bold"), soft_wrap=True)
+
+
+def _print_act(act: dict[str, Any], console: Console) -> None:
+    """The commands that evaluate and export the winner (or the trial named), each on a line of its own."""
+    who = "the winner" if act["chosen"] == "best" else "the trial named"
+    console.print(Text.assemble(("Act on trial ", "bold"), (act["trial_id"], "bold"), (f" ({who})", "")))
+    if act["error"]:
+        console.print(Text(f"no checkpoint to act on: {act['error']}", style="yellow"))
+        return
+    console.print(Text(act["ranked"]))
+    if not act["ended"]:
+        console.print(Text("it has not finished: its best epoch may still change", style="yellow"))
+    for entry in act["commands"]:  # one line each, to copy (the terminal wraps it)
+        console.print(Text(f"{entry['what']}:", style="dim"))
+        console.print(Text(entry["command"], style="bold"), soft_wrap=True)

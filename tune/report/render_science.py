@@ -27,6 +27,9 @@ def search_text(search: dict[str, Any]) -> str:
 
 def scheduler_text(sched: dict[str, Any]) -> str:
     max_t = f"max_t {sched['max_t']}" if sched["max_t"] else "max_t ?"
+    if sched["type"] == "promote":
+        return (f"promotion (pause at rungs, promote the top 1/{sched['reduction_factor']:g}; grace "
+                f"{sched['grace_period']:g}, {max_t})")
     if sched["type"] == "asha":
         return f"ASHA (grace {sched['grace_period']:g}, reduction {sched['reduction_factor']:g}, {max_t})"
     if sched["type"] == "pbt":
@@ -64,8 +67,61 @@ def header_rows(report: dict[str, Any]) -> list[tuple[str, Text]]:
     if m["best_minus_worst"] is not None and m["n_trials"] >= 2:
         rows.append(("spread", Text(f"best − worst {m['metric']} {_signed(m['best_minus_worst'])} "
                                     f"(last values of {m['n_trials']} trials)")))
+    rows += seed_rows(report)
     rows.append(("first rung", Text(rung_text(report["rung_correlation"]))))
+    if report["rung_correlation"].get("per_rung"):
+        rows.append(("rungs", Text(per_rung_text(report["rung_correlation"]["per_rung"]))))
     return rows
+
+
+def seed_rows(report: dict[str, Any]) -> list[tuple[str, Text]]:
+    """The winner's interval over seeds, the margins against the seed spread, and whether the top
+    two can be told apart; or, with no repeats, that nothing measured the seed noise."""
+    seeds, m = report.get("seeds"), report["margins"]
+    if not seeds or not seeds["leaders"]:
+        text = "not measured: one run per config, so no margin here can be told from seed noise" if not seeds \
+            else "repeats planned, none finished yet"
+        return [("seeds", Text(text + " (sweep option repeats: {top_k, seeds})", style="yellow"))]
+    win = seeds["leaders"][0]
+    level = f"{seeds['confidence']:.0%}"
+    line = f"winner {win['trial_id']}: mean {fmt_num(win['mean'])} over {win['n']} seed{'s' * (win['n'] != 1)}"
+    if win["interval"]:
+        line += f", {level} interval {fmt_num(win['interval'][0])} to {fmt_num(win['interval'][1])}"
+    if seeds["pooled_sd"] is not None:
+        line += f"; seed sd {fmt_num(seeds['pooled_sd'])} (pooled over {len(seeds['leaders'])} leaders)"
+    rows = [("seeds", Text(line))]
+    vs = m.get("vs_seeds") or {}
+    for key, label in (("random_init", "best − random init"), ("worst", "best − worst")):
+        if vs.get(key):
+            rows.append(("", Text(f"{label}: {vs[key]}", style="yellow" if "within" in vs[key] else "")))
+    if seeds["comparison"]:
+        told = seeds["comparison"]["told_apart"]
+        rows.append(("top two", Text(seeds["comparison"]["message"], style="" if told else "yellow")))
+    return rows
+
+
+def per_rung_text(per_rung: list[dict[str, Any]]) -> str:
+    """``epoch 1: knn_top1 0.50, probe_top1 0.71 (8 trials)`` for each rung."""
+    parts = []
+    for epoch in dict.fromkeys(e["epoch"] for e in per_rung):
+        at = [e for e in per_rung if e["epoch"] == epoch]
+        shown = ", ".join(f"{e['metric']} {e['spearman']:.2f}" if e["spearman"] is not None else f"{e['metric']} -"
+                          for e in at)
+        parts.append(f"epoch {epoch}: {shown} ({max(e['n_trials'] for e in at)} trials)")
+    return "Spearman with the final objective; " + "; ".join(parts)
+
+
+def seeds_table(seeds: dict[str, Any], metric: str) -> Table:
+    """One row per leader: its value per seed, mean, sd and interval (the rank is by mean)."""
+    out = report_table(f"Leaders over seeds: {metric}, ranked by mean ({seeds['confidence']:.0%} t-intervals)")
+    for name, justify in (("rank", "right"), ("trial", "left"), ("seeds", "right"), ("values", "left"),
+                          ("mean", "right"), ("sd", "right"), ("interval", "right")):
+        out.add_column(name, justify=justify, no_wrap=name != "values", overflow="fold")
+    for e in seeds["leaders"]:
+        ci = f"{fmt_num(e['interval'][0])} to {fmt_num(e['interval'][1])}" if e["interval"] else "-"
+        out.add_row(str(e["rank"]), e["trial_id"], str(e["n"]), " ".join(fmt_num(v) for v in e["values"]),
+                    fmt_num(e["mean"]), fmt_num(e["sd"]) if e["sd"] is not None else "-", ci)
+    return out
 
 
 def rung_text(rc: dict[str, Any]) -> str:

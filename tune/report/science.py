@@ -13,6 +13,8 @@ import re
 from typing import Any, Sequence
 
 from tune.report.data import SweepData
+from tune.report.seeds import against_spread
+from tune.spec import milestones
 from tune.report.trial import clean, finite, finite_int
 
 # metrics scored on the held-out split (the monitor's knn/probe, a downstream trainer's val_*); not
@@ -27,7 +29,7 @@ MIN_CORRELATION_TRIALS = 3
 def is_legacy(sweep: SweepData) -> bool:
     """Whether the sweep's files carry no key of the honest-sweep contract (an older sweep: the
     table then shows only what it always showed, plus the "selected on test" message)."""
-    if sweep.test_scores is not None or sweep.scheduler_type == "pbt":
+    if sweep.test_scores is not None or sweep.scheduler_type in ("pbt", "promote") or sweep.definition.get("repeats"):
         return False
     if any(k in sweep.definition for k in NEW_DEFINITION_KEYS):
         return False
@@ -94,17 +96,23 @@ def selection_messages(sel: dict[str, Any], sweep: SweepData, metric: str) -> li
 
 # --- margins: best vs worst, best vs random init --------------------------------------------
 
-def margins(sweep: SweepData, metric: str, mode: str) -> dict[str, Any]:
-    """Best and worst trial by their *last* value of ``metric`` (errored trials left out), and the
-    random-init baseline (``init_<metric>`` or ``init_knn_top1`` in the rows) with best minus it."""
+def margins(sweep: SweepData, metric: str, mode: str, seeds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Best and worst config by their *last* value of ``metric`` (errored trials and repeat runs left
+    out), and the random-init baseline (``init_<metric>`` or ``init_knn_top1`` in the rows) with best
+    minus it. When the sweep measured seeds, "best" is the winner's mean over its seeds and each
+    margin is also set against the pooled seed standard deviation (``vs_seeds``)."""
     pick = max if mode == "max" else min
-    lasts = [(t, t.last_value(metric)) for t in sweep.trials if t.status != "errored"]
+    lasts = [(t, t.last_value(metric)) for t in sweep.trials if t.status != "errored" and not t.repeat_of]
     lasts = [(t, v) for t, v in lasts if v is not None]
     out: dict[str, Any] = {"metric": metric, "value": "last", "n_trials": len(lasts), "best": None,
                            "best_trial": None, "worst": None, "worst_trial": None, "best_minus_worst": None,
-                           "random_init": None}
+                           "random_init": None, "vs_seeds": None}
+    winner = (seeds or {}).get("leaders", [None])[0] if (seeds or {}).get("leaders") else None
     if lasts:
         best = pick(lasts, key=lambda tv: tv[1])
+        if winner is not None:
+            best = (next((t for t, _ in lasts if t.trial_id == winner["trial_id"]), best[0]), winner["mean"])
+            out["value"] = "last; best: the winner's mean over its seeds"
         worst = (min if mode == "max" else max)(lasts, key=lambda tv: tv[1])
         out.update(best=clean(best[1]), best_trial=best[0].trial_id, worst=clean(worst[1]),
                    worst_trial=worst[0].trial_id, best_minus_worst=clean(best[1] - worst[1]))
@@ -116,10 +124,17 @@ def margins(sweep: SweepData, metric: str, mode: str) -> dict[str, Any]:
     if inits:
         ofs = [v for v in (t.last_value(of) for t in sweep.trials if t.status != "errored") if v is not None]
         mean = sum(inits) / len(inits)
-        best_of = pick(ofs) if ofs else None
+        best_of = winner["mean"] if winner is not None and of == metric else (pick(ofs) if ofs else None)
         out["random_init"] = {"metric": init_key, "of": of, "n_trials": len(inits), "mean": clean(mean),
                               "min": clean(min(inits)), "max": clean(max(inits)), "best": clean(best_of),
                               "best_minus_mean": clean(best_of - mean) if best_of is not None else None}
+    if winner is not None and (seeds or {}).get("pooled_sd") is not None:
+        init = out["random_init"] or {}
+        out["vs_seeds"] = {"pooled_sd": seeds["pooled_sd"], "winner_interval": winner["interval"],
+                           "winner_n": winner["n"], "confidence": seeds["confidence"],
+                           "random_init": against_spread(init.get("best_minus_mean") if init.get("of") == metric
+                                                         else None, seeds),
+                           "worst": against_spread(out["best_minus_worst"], seeds)}
     return out
 
 
@@ -127,37 +142,49 @@ def margins(sweep: SweepData, metric: str, mode: str) -> dict[str, Any]:
 
 def rung_correlation(sweep: SweepData) -> dict[str, Any]:
     """Spearman's rho between the rung metric at the first rung (epoch ``grace_period``) and the
-    last value of the sweep's metric, over the trials that ran all ``max_t`` epochs and have both."""
+    last value of the sweep's metric, over the trials that ran all ``max_t`` epochs and have both;
+    and ``per_rung``: the same for every rung and for each of kNN and the probe, the figure that
+    says which rung metric predicts the objective better."""
     grace = finite_int(sweep.scheduler.get("grace_period")) or 1
     rung, final = sweep.rung_metric, sweep.metric
     out: dict[str, Any] = {"rung_metric": rung, "rung_epoch": grace, "final_metric": final, "n_trials": 0,
-                           "spearman": None, "message": None}
-    if sweep.scheduler_type != "asha":
+                           "spearman": None, "message": None, "per_rung": []}
+    if sweep.scheduler_type not in ("asha", "promote"):
         out.update(rung_epoch=None, message=f"no rungs: the scheduler is {sweep.scheduler_type}, not ASHA")
         return out
     if sweep.max_t is None or grace >= sweep.max_t:
         out["message"] = f"no early rung: the grace period ({grace}) is not below max_t ({sweep.max_t or '?'})"
         return out
+    full = [t for t in sweep.trials if t.status != "errored" and t.epochs >= sweep.max_t and not t.repeat_of]
+    eta = float(sweep.scheduler.get("reduction_factor") or 2.0)
+    for epoch in milestones(grace, eta, sweep.max_t):
+        for name in dict.fromkeys((rung, "knn_top1", "probe_top1")):
+            rho, n = _rung_rho(full, epoch, name, final)
+            if n:
+                out["per_rung"].append({"epoch": epoch, "metric": name, "n_trials": n, "spearman": clean(rho)})
+    rho, n = _rung_rho(full, grace, rung, final)
+    out["n_trials"] = n
+    what = f"rung {rung} (epoch {grace}) vs final {final}"
+    if n < MIN_CORRELATION_TRIALS:
+        out["message"] = (f"{what}: only {n} trial{'s' * (n != 1)} ran all {sweep.max_t} epochs "
+                          f"with both; a rank correlation needs at least {MIN_CORRELATION_TRIALS}")
+        return out
+    out["spearman"] = clean(rho)
+    if rho is None:
+        out["message"] = f"{what}: one side is constant over {n} trials, so there is no rank correlation"
+    return out
+
+
+def _rung_rho(trials: list[Any], epoch: int, name: str, final: str) -> tuple[float | None, int]:
+    """(Spearman of ``name`` at ``epoch`` vs the last ``final``, pairs): None under 3 pairs or a constant side."""
     xs, ys = [], []
-    for t in sweep.trials:
-        if t.status == "errored" or t.epochs < sweep.max_t:
-            continue
-        row = next((r for r in t.results if finite_int(r.get("training_iteration")) == grace), {})
-        x, y = finite(row.get(rung)), t.last_value(final)
+    for t in trials:
+        row = next((r for r in t.results if finite_int(r.get("training_iteration")) == epoch), {})
+        x, y = finite(row.get(name)), t.last_value(final)
         if x is not None and y is not None:
             xs.append(x)
             ys.append(y)
-    out["n_trials"] = len(xs)
-    what = f"rung {rung} (epoch {grace}) vs final {final}"
-    if len(xs) < MIN_CORRELATION_TRIALS:
-        out["message"] = (f"{what}: only {len(xs)} trial{'s' * (len(xs) != 1)} ran all {sweep.max_t} epochs "
-                          f"with both; a rank correlation needs at least {MIN_CORRELATION_TRIALS}")
-        return out
-    rho = spearman(xs, ys)
-    out["spearman"] = clean(rho)
-    if rho is None:
-        out["message"] = f"{what}: one side is constant over {len(xs)} trials, so there is no rank correlation"
-    return out
+    return (spearman(xs, ys) if len(xs) >= MIN_CORRELATION_TRIALS else None), len(xs)
 
 
 def average_ranks(values: Sequence[float]) -> list[float]:

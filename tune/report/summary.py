@@ -13,8 +13,10 @@ import yaml
 from jigclu import storage
 from jigclu.errors import JigcluError
 from jigclu.storage import StorageError
+from tune.report.act import act_entry
 from tune.report.data import SweepData
 from tune.report.importance import param_importances, skipped_importances
+from tune.report.seeds import seed_stats
 from tune.report.science import (is_legacy, margins, rung_correlation, schedules, selection, selection_messages,
                                  test_entry)
 from tune.report.trial import STATUS_LABELS, STATUSES, Trial, clean
@@ -29,8 +31,11 @@ DEFAULT_TOP = 10
 
 
 def build_report(sweep: SweepData, top: int | None = DEFAULT_TOP, metric: str | None = None,
-                 mode: str | None = None, importances: bool = True) -> dict[str, Any]:
-    """Everything the report says, as JSON-ready data (schema: docs/report.md)."""
+                 mode: str | None = None, importances: bool = True, act_on: str | None = None,
+                 shown_as: str | None = None) -> dict[str, Any]:
+    """Everything the report says, as JSON-ready data (schema: docs/report.md). ``act_on``: the trial
+    whose commands end the report (default: the winner); ``shown_as``: the sweep's path as the user
+    wrote it, for those commands (:mod:`tune.report.act`)."""
     metric = metric or sweep.metric
     if mode is None:
         mode = sweep.mode if metric == sweep.metric else guess_mode(metric)
@@ -38,8 +43,13 @@ def build_report(sweep: SweepData, top: int | None = DEFAULT_TOP, metric: str | 
     if metric != sweep.metric and reported and metric not in reported:
         raise JigcluError(f"report: no trial reported '{metric}'; reported: {', '.join(reported)}")
 
-    ranked = [t for t in sweep.trials if t.best(metric, mode) is not None]
+    # a repeat trial is one more seed of its leader (the seeds table), not a config of its own
+    ranked = [t for t in sweep.trials if t.best(metric, mode) is not None and not t.repeat_of]
     ranked.sort(key=lambda t: -t.best(metric, mode)[0] if mode == "max" else t.best(metric, mode)[0])
+    seeds = seed_stats(sweep, metric, mode)
+    if seeds and seeds["leaders"]:  # the leaders rank by their mean over seeds, ahead of one-seed configs
+        order = {e["trial_id"]: e["rank"] for e in seeds["leaders"]}
+        ranked.sort(key=lambda t: order.get(t.trial_id, len(order) + 1))
     shown = ranked if not top else ranked[:top]
     counts = sweep.counts()
     starts = [s for s in (t.first_start for t in sweep.trials) if s is not None]
@@ -73,13 +83,15 @@ def build_report(sweep: SweepData, top: int | None = DEFAULT_TOP, metric: str | 
         "last_result_at": _iso(last),
         "top": [_trial_entry(sweep, t, rank, metric, mode) for rank, t in enumerate(shown, 1)],
         "ranked_total": len(ranked),
-        "margins": margins(sweep, metric, mode),
+        "margins": margins(sweep, metric, mode, seeds),
+        "seeds": seeds,
         "rung_correlation": rung_correlation(sweep),
         "problems": [_problem_entry(sweep, t) for t in sweep.trials
                      if t.status in ("errored", "stopped", "interrupted") or t.collapse_reason],
         "importances": param_importances(sweep) if importances else skipped_importances(),
         "schedules": schedules(sweep),
         "best": _best_entry(sweep, ranked[0], metric, mode) if ranked else None,
+        "act": act_entry(sweep, ranked, metric, mode, act_on, shown_as),
         "notes": list(sweep.notes),
     }
     if report["importances"]["values"] and metric != sweep.metric:
@@ -95,7 +107,7 @@ def guess_mode(metric: str) -> str:
 def _sweep_info(sweep: SweepData) -> dict[str, Any]:
     d = sweep.definition
     sched_type = sweep.scheduler_type
-    asha, pbt = sched_type == "asha", sched_type == "pbt"
+    asha, pbt = sched_type in ("asha", "promote"), sched_type == "pbt"
     scheduler = {
         "type": sched_type,
         "grace_period": sweep.scheduler.get("grace_period", 1) if asha else None,
@@ -154,7 +166,8 @@ def _problem_entry(sweep: SweepData, t: Trial) -> dict[str, Any]:
     elif t.collapse_reason:
         reason = f"collapsed: {t.collapse_reason}"
     elif t.status == "stopped":
-        by = "ASHA" if sweep.scheduler.get("type", "asha") == "asha" else "the sweep (time budget or end of search)"
+        by = {"asha": "ASHA", "promote": "the promotion scheduler (never promoted past this rung)"}.get(
+            sweep.scheduler.get("type", "asha"), "the sweep (time budget or end of search)")
         if t.trial_id in sweep.budget_stopped:
             budget = sweep.definition.get("time_budget_s")
             by = f"the sweep's time budget ({budget:g} s)" if budget else "the sweep's time budget"

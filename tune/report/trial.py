@@ -45,6 +45,9 @@ def trial_status(epochs: int, max_t: int | None, *, ray_status: str | None = Non
 
 
 
+REPEAT_OF = "repeat_of"  # in a repeat trial's params: its leader's trial id (tune/repeats.py)
+
+
 @dataclass
 class Trial:
     """One trial as left on disk."""
@@ -112,6 +115,12 @@ class Trial:
     def last_value(self, metric: str) -> float | None:
         curve = self.curve(metric)
         return curve[-1][1] if curve else None
+
+    @property
+    def repeat_of(self) -> str | None:
+        """The leader a repeat trial re-runs with another seed (tune/repeats.py), else None."""
+        leader = self.params.get(REPEAT_OF)
+        return str(leader) if leader else None
 
     @property
     def knn_split(self) -> str | None:
