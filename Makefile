@@ -49,7 +49,7 @@ postgres:
 	else echo "note: PostgreSQL not installed (needs root: apt-get install postgresql); its study test will skip"; fi
 
 test: setup
-	$(BIN)/python -m pytest tests -m "not faults" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not faults" --durations=30 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not ray and not slow" $(PYTEST_ARGS)

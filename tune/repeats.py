@@ -97,7 +97,8 @@ class RepeatLeaders(Searcher):
             return False
         trial_s = sorted(self.full_s)[len(self.full_s) // 2]
         rounds = math.ceil(self.top_k * (self.seeds - 1) / self.max_concurrent)
-        return time.time() - self.started_at + trial_s * (1 + rounds) > self.time_budget_s
+        # the repeats' rounds, and half a trial for the search trials still running (most end at a rung)
+        return time.time() - self.started_at + trial_s * (rounds + 0.5) > self.time_budget_s
 
     # --- results ----------------------------------------------------------------------------
 
