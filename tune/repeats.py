@@ -97,8 +97,8 @@ class RepeatLeaders(Searcher):
             return False
         trial_s = sorted(self.full_s)[len(self.full_s) // 2]
         rounds = math.ceil(self.top_k * (self.seeds - 1) / self.max_concurrent)
-        # the repeats' rounds, and half a trial for the search trials still running (most end at a rung)
-        return time.time() - self.started_at + trial_s * (rounds + 0.5) > self.time_budget_s
+        # the repeats' rounds, and one more for the search trials still running (and the last promotions)
+        return time.time() - self.started_at + trial_s * (rounds + 1) > self.time_budget_s
 
     # --- results ----------------------------------------------------------------------------
 
@@ -118,10 +118,10 @@ class RepeatLeaders(Searcher):
             self._note(trial_id, result)
         self.ended[trial_id] = not error
         if not error and self.epochs.get(trial_id, 0) >= self.max_t:
-            # its compute (a trial paused at a rung waited, which a repeat will not), plus its start-up
+            # its compute (a trial paused at a rung waited, which a repeat will not)
             took = (result or {}).get("time_total_s")
             wall = time.time() - self.began.get(trial_id, time.time())
-            self.full_s.append(min(wall, float(took) * 1.25) if isinstance(took, (int, float)) else wall)
+            self.full_s.append(min(wall, float(took)) if isinstance(took, (int, float)) else wall)
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     def _note(self, trial_id: str, result: dict[str, Any]) -> None:
