@@ -18,8 +18,8 @@ kNN and of the probe with the true value (which rung metric predicts the objecti
 promotion scheduler's pick within the noise (or 1 point) of the full sweep's pick with <= 40% of its
 trial-epochs.
 
-Every sweep lives under ``--results DIR`` (default: a directory in $TMPDIR named for the
-benchmark): a run cut short (a session's end) is carried on by the same command, finished sweeps
+Every sweep lives under ``--results DIR`` (default: ``bench-results/sweeps`` in the repository,
+git-ignored): a run cut short (a session's end) is carried on by the same command, finished sweeps
 are read, not run again.
 
     python benchmarks/asha_vs_full.py [--results DIR]     # writes the section of RESULTS.md
@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -170,8 +169,9 @@ def section(res: dict[str, Any], info: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
-    parser.add_argument("--results", default=str(Path(tempfile.gettempdir()) / "jigclu-bench-sweeps"),
-                        help="where the sweeps live; the same command carries on an unfinished benchmark")
+    parser.add_argument("--results", default=str(common.REPO_ROOT / "bench-results" / "sweeps"),
+                        help="where the sweeps live (default: bench-results/sweeps in the repository, git-ignored); "
+                        "the same command carries on an unfinished benchmark")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = Path(args.results)
