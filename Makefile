@@ -54,7 +54,8 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not ray and not slow" $(PYTEST_ARGS)
 
-# The demo is the main job: a small real sweep (8 trials, ASHA) and its report.
+# The demo is the main job: a small real sweep (TPE + the promotion scheduler, then its two leaders
+# re-run with two more seeds each) and its report; ~6.5 min on 2 AVX-512 cores, under 8 min on AVX2.
 DEMO_SWEEP = $(shell [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] && echo pretrain_fashion || echo pretrain_digits)
 
 demo: setup
