@@ -96,8 +96,9 @@ def measure(results: Path) -> dict[str, Any]:
     full = {s: run("none", s, results) for s in SEEDS}
     arms = {"full": full[SEEDS[0]], "asha": run("asha", SEEDS[0], results), "promote": run("promote", SEEDS[0], results)}
     configs = sorted(set.intersection(*(set(f["trials"]) for f in full.values())))
-    finals = {c: [full[s]["trials"][c][-1][OBJECTIVE] for s in SEEDS if len(full[s]["trials"][c]) == EPOCHS]
-              for c in configs}
+    # a run the collapse rule stopped early counts with its last value: that is what the config gave
+    finals = {c: [full[s]["trials"][c][-1][OBJECTIVE] for s in SEEDS
+                  if full[s]["trials"][c] and OBJECTIVE in full[s]["trials"][c][-1]] for c in configs}
     true = {c: statistics.mean(v) for c, v in finals.items() if len(v) == len(SEEDS)}
     sds = [statistics.stdev(v) for v in finals.values() if len(v) == len(SEEDS)]
     noise = statistics.mean(x * x for x in sds) ** 0.5 if sds else None
