@@ -54,7 +54,8 @@ def add_run_options(p: argparse.ArgumentParser, config_help: str = "YAML config 
     p.add_argument("--config", "-c", default=None, required=config_required, help=config_help)
     p.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     p.add_argument("--resume", action="store_true", help=resume_help)
-    p.add_argument("--no-progress", action="store_true", help="no progress display (one plain line per event)")
+    p.add_argument("--no-progress", action="store_true", help="no live display: one plain line per event (the run's start, each epoch, the end), "
+                   "as when stdout is not a terminal")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:port)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate everything that can be checked offline, print the resolved config, start nothing")
@@ -71,7 +72,7 @@ def _cmd_train(task: str) -> Callable[[argparse.Namespace], int]:
             overrides.append(f"eval.labels={args.labels}")
         if getattr(args, "protocol", None) is not None:
             overrides.append(f"eval.protocol={args.protocol}")
-        console = Console()
+        console = Console(soft_wrap=True)
         cfg = load_task_config(task, args.config, overrides)  # before torch loads: a refused key costs no wait
         if cfg.eval.pretrained:  # a sweep's trial or winner: the run's config saves its checkpoint file
             cfg.eval.pretrained = sweep_checkpoint(cfg.eval.pretrained)
@@ -83,7 +84,8 @@ def _cmd_train(task: str) -> Callable[[argparse.Namespace], int]:
             return 0
         if task != "pretrain" and not cfg.eval.pretrained:
             console.print("[yellow]no eval.pretrained: the backbone starts from random init (baseline)[/]")
-        summary = launch(task, cfg, resume=args.resume, verbose=args.verbose, progress=not args.no_progress,
+        summary = launch(task, cfg, resume=args.resume, verbose=args.verbose,
+                         progress="lines" if args.no_progress else True,
                          address=args.address, notify=lambda note: console.print(f"[dim]{note}[/]"))
         print_summary(task, summary)
         return 0
@@ -120,7 +122,7 @@ def print_dry_run(what: str, resolved: dict[str, Any]) -> None:
 def print_summary(task: str, summary: dict[str, Any]) -> None:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)  # a log line is not wrapped at 80 columns
     last = summary.get("last") or {}
     parts = [f"[green]{task} finished[/]: {summary.get('epochs_run', 0)} epochs this run"]
     for key, label in (("loss", "loss"), ("loc_acc", "loc acc %"), ("knn_top1", "knn top-1 %"),
@@ -129,7 +131,7 @@ def print_summary(task: str, summary: dict[str, Any]) -> None:
             parts.append(f"{label} {last[key]:.2f}" if key != "images_per_s" else f"{label} {last[key]:,.0f}")
     for key in ("best_knn_top1", "best_val_top1"):
         if summary.get(key) is not None:
-            parts.append(f"{key.replace('_', ' ')} {summary[key]:.2f}")
+            parts.append(f"{key.removesuffix('_top1').replace('_', ' ')} top-1 % {summary[key]:.2f}")
     console.print("  ".join(parts))
     if summary.get("run_dir"):
         console.print(f"run directory: {summary['run_dir']}")

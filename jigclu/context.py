@@ -27,6 +27,7 @@ import torch
 from jigclu import dist
 from jigclu.checkpoint import load_checkpoint, save_checkpoint
 from jigclu.errors import ConfigError
+from jigclu.progress import Display
 from jigclu.runs import STATE_FILE, RunLayout, jsonable
 
 
@@ -34,7 +35,7 @@ class RunContext(Protocol):
     """What a trainer needs from where it runs."""
 
     device: torch.device
-    progress: bool
+    progress: Display
 
     @property
     def is_main(self) -> bool: ...
@@ -73,7 +74,7 @@ class LocalContext:
     run_dir: str | Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     resume: bool = False
-    progress: bool = True
+    progress: Display = True
     keep: int = 2  # checkpoints kept (train.keep_checkpoints)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from jigclu.context import LocalContext, resolve_device
 from jigclu.data.stream import choose_loader
 from jigclu.errors import ConfigError
 from jigclu.preempt import stop_on_sigterm
+from jigclu.progress import Display
 from jigclu.runs import RunLayout, cleanup_failed, guard_new_run, run_name, run_root
 from jigclu.trainers import DOWNSTREAM, run_task, task_class
 
@@ -58,9 +59,10 @@ def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = No
     return cfg
 
 
-def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False, progress: bool = True,
+def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False, progress: Display = True,
            address: str | None = None, notify: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run ``task`` with ``cfg``; returns the trainer's summary with ``run_dir`` added."""
+    """Run ``task`` with ``cfg``; returns the trainer's summary with ``run_dir`` added. ``progress``:
+    :data:`jigclu.progress.Display` (``train.progress=false`` turns it off)."""
     cfg = prepare(task, cfg, notify)
     if cfg.scaling.workers != 0:
         from jigclu.ray_train import launch_ray  # noqa: PLC0415 - only this path needs Ray
@@ -71,7 +73,7 @@ def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = F
     storage.check_writable(layout.root)
     created = guard_new_run(layout, resume)
     layout.save_config(cfg)
-    ctx = LocalContext(layout.root, device=device, resume=resume, progress=progress and cfg.train.progress,
+    ctx = LocalContext(layout.root, device=device, resume=resume, progress=progress if cfg.train.progress else False,
                        keep=cfg.train.keep_checkpoints)
     with stop_on_sigterm():  # SIGTERM: a checkpoint at the next step, then Preempted (jigclu.preempt)
         summary = cleanup_failed(layout, created, lambda: run_task(task, cfg, ctx))

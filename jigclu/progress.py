@@ -1,18 +1,24 @@
-"""A rich progress bar for training: steps, images/s, ETA and the latest loss.
+"""Training progress: a rich bar on a terminal (steps, images/s, ETA, the latest loss), else one
+plain line per event (the run's start, each epoch), which is what a log file or a RayJob shows.
 
-Quiet by default in the sense that matters: one bar on the main process, no logs. It is
-disabled on non-main ranks and when ``enabled`` is False (tests, sweeps, ``train.progress``).
+``Display`` says which: True, a bar on a terminal and plain lines elsewhere; ``"lines"`` (the CLI's
+``--no-progress``), plain lines always; False, nothing (non-main ranks, sweep trials, tests,
+``train.progress=false``).
 """
 
 from __future__ import annotations
 
 import time
 from types import TracebackType
+from typing import Literal, TypeAlias
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
+
+
+Display: TypeAlias = bool | Literal["lines"]
 
 
 class _RateColumn(ProgressColumn):
@@ -26,16 +32,18 @@ class _RateColumn(ProgressColumn):
 class TrainProgress:
     """``with TrainProgress(total_steps, ...) as bar: bar.advance(images=n, loss=...)``."""
 
-    def __init__(self, total_steps: int, description: str = "train", enabled: bool = True,
+    def __init__(self, total_steps: int, description: str = "train", enabled: Display = True,
                  unit: str = "img", console: Console | None = None, completed: int = 0) -> None:
-        self.enabled = enabled
+        self.enabled = bool(enabled)
+        self.console = console or Console(soft_wrap=True)  # a log line is never wrapped at 80 columns
+        bar = self.enabled and enabled != "lines" and self.console.is_terminal
         self._images = 0
         self._t0 = time.perf_counter()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             _RateColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(),
-            console=console, disable=not enabled, transient=False,
+            console=self.console, disable=not bar, transient=False,
         )
         self._task = self._progress.add_task(description, total=total_steps, completed=completed,
                                              info="", rate=None, unit=unit)
@@ -56,6 +64,6 @@ class TrainProgress:
         self._progress.update(self._task, advance=1, info=text, rate=self._images / elapsed, **kwargs)
 
     def log(self, message: str) -> None:
-        """Print a line above the bar (epoch summaries)."""
+        """Print a line (above the bar, if there is one): the start, each epoch's summary."""
         if self.enabled:
-            self._progress.console.print(message)
+            self.console.print(message)

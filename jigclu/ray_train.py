@@ -33,6 +33,7 @@ from jigclu.config import RunConfig
 from jigclu.context import checkpoint_dir, state_in
 from jigclu.errors import ConfigError, JigcluError
 from jigclu.preempt import Preempted
+from jigclu.progress import Display
 from jigclu.ray_data import quiet_data_context, train_datasets
 from jigclu.retrying_fs import retrying_filesystem
 from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root)
@@ -261,7 +262,7 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False,
-               progress: bool = True, address: str | None = None,
+               progress: Display = True, address: str | None = None,
                after_report: ReportHook | None = None) -> dict[str, Any]:
     """Run ``task`` under Ray Train; same return value as :func:`jigclu.launch.launch` (which
     :func:`~jigclu.launch.prepare`\ s the config first)."""
@@ -278,7 +279,8 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
     remove_left_groups(layout.root)  # what an earlier attempt of this run (--resume) left holding resources
     layout.save_config(cfg)  # only once every check has passed: a refused run leaves nothing
     trainer = make_trainer(task, cfg, root, after_report=after_report)
-    watcher = _MetricsWatcher(layout, cfg, enabled=progress and cfg.train.progress, task=task)
+    watcher = _MetricsWatcher(layout, cfg, enabled=progress if cfg.train.progress else False,
+                              task=task)
 
     driver_sigterm = DriverSigterm(layout, cfg.train.epochs if task == "pretrain" else cfg.eval.epochs)
 
@@ -307,10 +309,15 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
 
 
 class _MetricsWatcher:
-    """Driver-side progress: follows the run's ``metrics.jsonl`` while the workers train."""
+    """Driver-side progress: follows the run's ``metrics.jsonl`` while the workers train, with a
+    status line on a terminal, else (logs, ``--no-progress``) one plain line per event."""
 
-    def __init__(self, layout: RunLayout, cfg: RunConfig, enabled: bool, task: str = "pretrain") -> None:
-        self.layout, self.cfg, self.enabled, self.task = layout, cfg, enabled, task
+    def __init__(self, layout: RunLayout, cfg: RunConfig, enabled: Display, task: str = "pretrain") -> None:
+        from rich.console import Console
+
+        self.layout, self.cfg, self.task = layout, cfg, task
+        self.console = Console(soft_wrap=True) if enabled else None
+        self.live = enabled is True and self.console is not None and self.console.is_terminal
         self.epochs_seen = 0
         self.interval = 1.0 if layout.local is not None else 5.0  # object stores: one GET per poll
         self._stop = threading.Event()
@@ -318,6 +325,8 @@ class _MetricsWatcher:
 
     def __enter__(self) -> "_MetricsWatcher":
         self._seen = len(self.layout.read_metrics())
+        if self.console is not None and not self.live:
+            self.console.print(f"{self.task} run {self.cfg.name}: starting {self.cfg.scaling.workers} Ray workers")
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -326,18 +335,15 @@ class _MetricsWatcher:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        self._poll(None)
+        self._poll(None)  # the last epochs, written after the last poll
 
     def _loop(self) -> None:
-        from rich.console import Console
-
-        console = Console() if self.enabled else None
-        with (console.status(f"[bold]{self.cfg.name}[/]: starting {self.cfg.scaling.workers} Ray workers...")
-              if console else nullcontext()) as status:
+        with (self.console.status(f"[bold]{self.cfg.name}[/]: starting {self.cfg.scaling.workers} Ray workers...")
+              if self.live and self.console is not None else nullcontext()) as status:
             while not self._stop.wait(self.interval):
-                self._poll(status, console)
+                self._poll(status)
 
-    def _poll(self, status: Any, console: Any = None) -> None:
+    def _poll(self, status: Any) -> None:
         try:
             records = self.layout.read_metrics()
         except (JigcluError, ValueError):  # a line being written, a store briefly unreachable
@@ -345,8 +351,8 @@ class _MetricsWatcher:
         new, self._seen = records[self._seen:], max(self._seen, len(records))
         for m in new:
             self.epochs_seen += 1
-            if console is not None:
-                console.print(f"[{m.get('world_size', '?')} workers] {epoch_line(self.task, m, self.cfg)}")
+            if self.console is not None:
+                self.console.print(f"[{m.get('world_size', '?')} workers] {epoch_line(self.task, m, self.cfg)}")
                 if status is not None:
                     status.update(f"[bold]{self.cfg.name}[/]: epoch {m.get('epoch', 0) + 2} "
                                   f"on {m.get('world_size', '?')} workers")

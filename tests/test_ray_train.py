@@ -100,7 +100,8 @@ def test_driver_restart_continues_the_run(ray_local, tmp_path):
     checkpoint, its global step included, and repeats at most one epoch."""
     address = ray_local.get_runtime_context().gcs_address
     args = [sys.executable, "-m", "jigclu.cli", "pretrain", "--no-progress", "--address", address,
-            *TINY, f"output_dir={tmp_path}", "name=driver", "train.epochs=30", "scaling.workers=1"]
+            *TINY, f"output_dir={tmp_path}", "name=driver", "train.epochs=30", "scaling.workers=1",
+            "train.progress=true"]  # the driver's log: a line at the start and one per epoch
     before = train_actors(address)  # an earlier test's controller may live on with this session
     log = tmp_path / "driver.log"
     with log.open("w") as out:
@@ -109,7 +110,8 @@ def test_driver_restart_continues_the_run(ray_local, tmp_path):
     run = tmp_path / "driver"
     deadline = time.time() + 180
     try:
-        while time.time() < deadline and not (read_metrics(run) and newest_checkpoint(run)):
+        while time.time() < deadline and not (read_metrics(run) and newest_checkpoint(run)
+                                              and "[1 workers] epoch 1/30" in log.read_text()):
             assert proc.poll() is None, f"driver exited early: {log.read_text()[-2000:]}"
             time.sleep(0.25)
     finally:
@@ -119,6 +121,8 @@ def test_driver_restart_continues_the_run(ray_local, tmp_path):
     ended = time.time()
     saved = newest_checkpoint(run)
     assert saved is not None, f"no checkpoint before the driver was killed: {log.read_text()[-2000:]}"
+    assert "pretrain run driver: starting 1 Ray workers" in log.read_text().splitlines()
+    assert "[1 workers] epoch 1/30" in log.read_text(), log.read_text()[-2000:]
     last = saved["epoch"]
     assert saved["global_step"] == STEPS * (last + 1)
     done = [m["epoch"] for m in read_metrics(run)]

@@ -125,8 +125,9 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     steps = task.steps_per_epoch
 
     summary: dict[str, Any] = {"epochs_run": 0, "start_epoch": start_epoch, "start_step": start_step, "last": {}}
-    with TrainProgress(steps * task.epochs, task.name, enabled=ctx.progress and ctx.is_main,
+    with TrainProgress(steps * task.epochs, task.name, enabled=ctx.progress if ctx.is_main else False,
                        completed=start_epoch * steps + start_step) as bar:
+        bar.log(start_line(task.name, cfg.name, task.epochs, steps, start_epoch, start_step))
         if gate.poll()[0]:  # asked during start-up (a Ray Train worker; a plain process stopped at once)
             raise Preempted(f"terminated ({preempt.requested()}) before the first step: nothing new to save")
         preempt.training_started()
@@ -191,6 +192,13 @@ def checkpoint_state(task: Task, epoch: int, global_step: int, **extra: Any) -> 
             "scheduler": task.scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
             "config": task.cfg.model_dump(mode="json"), "world_size": dist.world_size(), "rng": rng_state(),
             **task.extra_state(), **extra}
+
+
+def start_line(task: str, name: str, epochs: int, steps: int, start_epoch: int, start_step: int) -> str:
+    """The run's first line: what it trains and where it starts."""
+    where = (f"resumed at epoch {start_epoch + 1} step {start_step + 1}" if start_step else
+             f"resumed at epoch {start_epoch + 1}" if start_epoch else "from the start")
+    return f"{task} run {name}: {epochs} epochs of {steps} steps, {where}"
 
 
 def resumed_from(state: dict[str, Any] | None) -> dict[str, Any]:
