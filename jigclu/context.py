@@ -36,6 +36,7 @@ class RunContext(Protocol):
 
     device: torch.device
     progress: Display
+    stream_plan: Any  # the StreamPlan behind dataset_shard (jigclu.data.stream), or None
 
     @property
     def is_main(self) -> bool: ...
@@ -54,8 +55,9 @@ class RunContext(Protocol):
         """The run's layout, for files a task writes beside its checkpoints (None: Ray keeps them)."""
 
     def dataset_shard(self, name: str) -> Any | None:
-        """This worker's shard of the streamed dataset ``name`` (``data.loader=ray_data``); None when
-        the run streams nothing (a plain process, an in-process sweep trial)."""
+        """This worker's shard of the streamed dataset ``name`` (``data.loader=ray_data``), whose plan
+        is the context's ``stream_plan``; None when the run streams nothing (a plain process, an
+        in-process sweep trial: their ``stream_plan`` is None)."""
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -76,6 +78,7 @@ class LocalContext:
     resume: bool = False
     progress: Display = True
     keep: int = 2  # checkpoints kept (train.keep_checkpoints)
+    stream_plan = None  # a plain process streams nothing
 
     def __post_init__(self) -> None:
         self.layout = RunLayout(str(self.run_dir))

@@ -25,7 +25,7 @@ import ray.data
 from ray.data import DataContext, RandomSeedConfig
 
 from jigclu.config import RunConfig
-from jigclu.data.stream import STREAM_NAME, StreamPlan, plan_for
+from jigclu.data.stream import STREAM_NAME, StreamPlan
 from jigclu.data.stream_loader import DecodeUnits
 
 
@@ -48,11 +48,11 @@ def stream_dataset(plan: StreamPlan, seed: int, decode_cpus: float = 0.5) -> ray
     return units.map_batches(DecodeUnits(plan), batch_size=1, batch_format="numpy", num_cpus=decode_cpus)
 
 
-def train_datasets(cfg: RunConfig) -> dict[str, Any] | None:
-    """``datasets=`` for the run's TorchTrainer: the stream when ``data.loader`` is ``ray_data``."""
-    if cfg.data.loader != "ray_data":
+def train_datasets(cfg: RunConfig, plan: StreamPlan | None) -> dict[str, Any] | None:
+    """``datasets=`` for the run's TorchTrainer: the stream of ``plan`` (the run's, ``run_plan``), if any."""
+    if plan is None:
         return None
-    return {STREAM_NAME: stream_dataset(plan_for(cfg), cfg.seed, cfg.data.decode_cpus)}
+    return {STREAM_NAME: stream_dataset(plan, cfg.seed, cfg.data.decode_cpus)}
 
 
 __all__ = ["quiet_data_context", "stream_dataset", "train_datasets"]

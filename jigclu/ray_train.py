@@ -31,6 +31,7 @@ from jigclu import storage
 from jigclu.checkpoint import load_checkpoint
 from jigclu.config import RunConfig
 from jigclu.context import checkpoint_dir, state_in
+from jigclu.data.stream import StreamPlan, run_plan
 from jigclu.errors import ConfigError, JigcluError
 from jigclu.preempt import Preempted
 from jigclu.progress import Display
@@ -71,12 +72,12 @@ class RayTrainContext:
     progress = False
 
     def __init__(self, run_dir: str, device: Any, after_report: ReportHook | None = None,
-                 streamed: bool = False, initial_state: str | None = None,
+                 stream_plan: StreamPlan | None = None, initial_state: str | None = None,
                  keep_best: tuple[str, str] | None = None) -> None:
         self.layout = RunLayout(run_dir)
         self.device = device
         self.after_report = after_report
-        self.streamed = streamed  # the trainer was given datasets= (data.loader=ray_data)
+        self.stream_plan = stream_plan  # the driver's plan of the stream it gave the trainer (data.loader=ray_data)
         self.initial_state = initial_state  # where a run with no checkpoint of its own starts (a PBT donor's)
         self.keep_best = keep_best  # (metric, mode): Ray keeps the best checkpoints by it (see keep_score)
 
@@ -88,7 +89,7 @@ class RayTrainContext:
         return self.layout
 
     def dataset_shard(self, name: str) -> Any | None:
-        return ray.train.get_dataset_shard(name) if self.streamed else None
+        return ray.train.get_dataset_shard(name) if self.stream_plan is not None else None
 
     def load_state(self) -> dict[str, Any] | None:
         state = self._load_state()
@@ -167,10 +168,10 @@ def _train_fn(loop_config: dict[str, Any]) -> None:
     import ray.train.torch as rtt
 
     cfg = RunConfig.model_validate(loop_config["config"])
-    keep_best = loop_config.get("keep_best")
+    keep_best, plan = loop_config.get("keep_best"), loop_config.get("stream_plan")
     ctx = RayTrainContext(loop_config["run_dir"], device=rtt.get_device(), after_report=loop_config.get("after_report"),
-                          streamed=cfg.data.loader == "ray_data", initial_state=loop_config.get("initial_state"),
-                          keep_best=tuple(keep_best) if keep_best else None)
+                          stream_plan=StreamPlan.from_json(plan) if plan else None,
+                          initial_state=loop_config.get("initial_state"), keep_best=tuple(keep_best) if keep_best else None)
     run_task(loop_config["task"], cfg, ctx)
 
 
@@ -216,10 +217,12 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.gpu:
         resources["GPU"] = 1
+    plan = run_plan(cfg, RunLayout.of(root, cfg.name))  # made once, here; the workers get it
     return TorchTrainer(
         _train_fn,
-        datasets=train_datasets(cfg),
+        datasets=train_datasets(cfg, plan),
         train_loop_config={"task": task, "config": cfg.model_dump(mode="json"),
+                           "stream_plan": plan.to_json() if plan is not None else None,
                            "run_dir": storage.join(root, cfg.name), "after_report": after_report,
                            "initial_state": initial_state, "keep_best": list(keep_best) if keep_best else None},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),

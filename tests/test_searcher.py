@@ -92,7 +92,7 @@ def test_whole_searcher_state_is_kept_and_only_torn_files_are_set_aside(tmp_path
     made every resumed sweep forget its sample count (it stopped after the trials it had)."""
     import pickle
 
-    from jigclu.runs import SweepLayout
+    from tune.layout import SweepLayout
 
     (tmp_path / "experiment_state-2026-12-02_01-00-00.json").write_text("{}")
     (tmp_path / "search_gen_state-2026-12-02_01-00-00.json").write_bytes(pickle.dumps({"counter": 2}))

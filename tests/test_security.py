@@ -26,7 +26,8 @@ import yaml
 from jigclu.cli import main
 from jigclu.config import load_config
 from jigclu.context import LocalContext
-from jigclu.runs import RunLayout, SweepLayout
+from jigclu.runs import RunLayout
+from tune.layout import SweepLayout
 from jigclu.trainers.pretrain import run_pretrain
 
 REPO = Path(__file__).resolve().parent.parent

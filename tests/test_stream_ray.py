@@ -47,9 +47,13 @@ def test_every_image_once_per_epoch_across_workers_from_disk_and_s3(tmp_path):
     assert sorted(keys[s3_uri]["0"][0] + keys[s3_uri]["1"][0]) == sorted(keys[str(src)]["0"][0] + keys[str(src)]["1"][0])
 
 
-def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed_worker(ray_local, tmp_path):
+def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed_worker(ray_local, tmp_path,
+                                                                                      monkeypatch):
     """Fails if the stream's batches are not the images (no learning), a corrupt row is lost
-    without being counted, or a killed worker ends the run instead of resuming from its checkpoint."""
+    without being counted, or a killed worker ends the run instead of resuming from its checkpoint;
+    if the driver reads a shard's footer more than once, or a resume streams rows the run did not
+    start with (a shard added to the source since)."""
+    import jigclu.data.stream as stream
     from jigclu.launch import prepare
     from jigclu.ray_train import launch_ray
 
@@ -60,7 +64,10 @@ def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed
         "scaling.max_failures=2", "monitor.train_limit=200", "monitor.test_limit=64", f"output_dir={tmp_path}",
         "name=streamed"])
     marker = tmp_path / "killed"
+    footers, read_footer = [], stream._footer
+    monkeypatch.setattr(stream, "_footer", lambda fs, path: footers.append(path) or read_footer(fs, path))
     summary = launch_ray("pretrain", prepare("pretrain", cfg), progress=False, after_report=KillOnce(1, 1, str(marker)))
+    assert sorted(footers) == sorted(str(f) for f in src.glob("*.parquet")), footers  # once each, on the driver
     assert marker.exists(), "the fault was never injected"
     metrics = read_metrics(tmp_path / "streamed")
     epochs = [m["epoch"] for m in metrics]
@@ -76,3 +83,14 @@ def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert metrics[-1]["knn_top1"] > 100 / 4 + 10  # the monitor scores real features on the test split
     assert (tmp_path / "streamed" / "config.yaml").read_text().count("loader: ray_data") == 1
+
+    # the source grows (a new shard of 64 training rows); a resume streams the rows the run started with
+    plan = (tmp_path / "streamed" / "stream_plan.json").read_text()
+    extra = write_source(tmp_path / "extra", train=64, test=0, files=1, row_group=64, seed=1)
+    (extra / "part-00000.parquet").rename(src / "part-00009.parquet")
+    stream._PLANS.clear()  # as in a new driver process
+    resumed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 5})})
+    launch_ray("pretrain", prepare("pretrain", resumed), resume=True, progress=False)
+    metrics = read_metrics(tmp_path / "streamed")
+    assert metrics[-1]["epoch"] == 4 and metrics[-1]["images_seen"] == (383 // 2 // 16) * 32, metrics[-1]
+    assert (tmp_path / "streamed" / "stream_plan.json").read_text() == plan

@@ -345,7 +345,7 @@ def test_downstream_linear_sweep_over_learning_rates(ray_local, tmp_path):
 def test_torn_tune_state_files_are_set_aside(tmp_path):
     import pickle
 
-    from jigclu.runs import SweepLayout
+    from tune.layout import SweepLayout
 
     (tmp_path / "search_gen_state-2026-01-01_00-00-00.json").write_bytes(b"")
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"ok": 1}')

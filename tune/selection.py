@@ -14,7 +14,7 @@ from typing import Any
 
 from jigclu.config import RunConfig, build_config
 from jigclu.errors import ConfigError
-from jigclu.runs import SweepLayout
+from tune.layout import SweepLayout
 from jigclu.storage import write_atomic
 from tune.space import Sweep
 

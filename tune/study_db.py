@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from jigclu.errors import ConfigError
-from jigclu.runs import SweepLayout
+from tune.layout import SweepLayout
 
 DEFAULT_DRIVER = {"postgresql": "postgresql+psycopg"}
 # the module a SQLAlchemy dialect imports -> what to install for it

@@ -1,7 +1,7 @@
 """Run a sweep: Ray Tune + OptunaSearch (TPE, seeded) + ASHA, persisted and resumable.
 
 A sweep lives at ``<storage or output_dir>/<name>`` (a local directory or an ``s3://`` /
-``gs://`` prefix; :class:`jigclu.runs.SweepLayout` says what is where): Tune's experiment
+``gs://`` prefix; :class:`tune.layout.SweepLayout` says what is where): Tune's experiment
 state, every trial's results and checkpoints, the nested Ray Train runs and the Optuna study
 all go there, so a sweep can be resumed and reported from its storage URI alone.
 
@@ -30,7 +30,8 @@ from jigclu.launch import prepare
 from jigclu.ray_session import (driver_resources, init_ray, placement_groups,  # sets Ray's env defaults
                                 remove_orphaned_worker_groups)
 from jigclu.ray_train import ray_storage, root_cause, state_from
-from jigclu.runs import RunLayout, SweepLayout, jsonable
+from jigclu.runs import RunLayout, jsonable
+from tune.layout import SweepLayout
 from jigclu import storage
 from jigclu.storage import check_writable, read_text, write_atomic
 from jigclu.trainers import run_task
@@ -54,6 +55,7 @@ class TuneTrialContext:
     """Run context of an in-process trial: checkpoints and metrics go to Tune."""
 
     is_main = True
+    stream_plan = None  # an in-process trial streams nothing
 
     def __init__(self, trial_dir: str, device: Any) -> None:
         self.layout, self.device, self.progress = RunLayout(trial_dir), device, False

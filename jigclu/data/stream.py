@@ -8,6 +8,11 @@ the source's Parquet *row groups* (:class:`Unit`) with their row counts and, whe
 reads and decodes, unit by unit, in its own tasks (:mod:`jigclu.ray_data`), and what a worker
 reads a bounded sample from for the kNN monitor (:func:`read_rows`).
 
+A plan is made once per run: a process keeps the plans it made (keyed by the source's listing, so
+a rewritten source is planned again), the driver hands its plan to the Ray Train workers in their
+loop config, and the run saves it (``stream_plan.json``) so a ``--resume`` reads the very rows the
+run started with (:func:`run_plan`).
+
 Every row has a *key*: the unit's ``offset`` plus its row number inside the unit, unique over
 the plan, so a test (or a user) can check that an epoch saw every image exactly once.
 
@@ -25,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
@@ -58,7 +62,7 @@ class Unit:
         return self.rows - len(self.skip)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamPlan:
     """What to stream: the train units, the held-out sample's units, and how to decode."""
 
@@ -78,8 +82,23 @@ class StreamPlan:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"location": self.location, "channels": self.channels, "image_size": list(self.image_size),
+                "classes": self.classes, **{name: [[u.path, u.row_group, u.rows, u.offset, list(u.skip)] for u in units]
+                                            for name, units in (("units", self.units), ("val_units", self.val_units),
+                                                                ("test_units", self.test_units))}}
 
-def _files(location: str) -> tuple[pafs.FileSystem, list[str], pa.Schema, str]:
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StreamPlan":
+        units = {name: [Unit(p, int(g), int(r), int(o), tuple(int(i) for i in k)) for p, g, r, o, k in data[name]]
+                 for name in ("units", "val_units", "test_units")}
+        h, w = data["image_size"]
+        return cls(data["location"], units["units"], int(data["channels"]), (int(h), int(w)),
+                   [str(c) for c in data["classes"]], val_units=units["val_units"], test_units=units["test_units"])
+
+
+def _listing(location: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo], str]:
+    """The source's Parquet shards (one LIST on an object store), with their sizes and mtimes."""
     fs, path = resolve(location)
     where = storage.display(fs, path)
     try:
@@ -87,18 +106,25 @@ def _files(location: str) -> tuple[pafs.FileSystem, list[str], pa.Schema, str]:
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"parquet: {where} does not exist; {HINT}")
         if info.type == pafs.FileType.File:
-            files = [path]
+            files = [info]
         else:  # shards, not the _SUCCESS markers, READMEs or hidden staging files beside them
-            files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                           if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
-                           and not f.base_name.startswith((".", "_")) and "/." not in f.path[len(path):])
-        if not files:
-            raise DataError(f"parquet: no .parquet files in {where}; {HINT}")
-        schema = pads.dataset(files, filesystem=fs, format="parquet").schema
+            files = sorted((f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                            if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+                            and not f.base_name.startswith((".", "_")) and "/." not in f.path[len(path):]),
+                           key=lambda f: f.path)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"parquet: cannot read {where}: {str(exc).splitlines()[0]}") from exc
-    check_parquet_schema(schema, where)
-    return fs, files, schema, where
+    if not files:
+        raise DataError(f"parquet: no .parquet files in {where}; {HINT}")
+    return fs, files, where
+
+
+def _footers(fs: pafs.FileSystem, files: list[str], where: str) -> list[pq.FileMetaData]:
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # one footer read per file; object stores: in parallel
+            return list(pool.map(lambda f: _footer(fs, f), files))
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"parquet: cannot read {where}: {str(exc).splitlines()[0]}") from exc
 
 
 def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
@@ -129,10 +155,9 @@ def _wanted(split: str) -> tuple[str, ...]:
     return ("train",) if split == "train" else ("test", "val")
 
 
-def _units_of(fs: pafs.FileSystem, files: list[str], schema: pa.Schema, split: str) -> list[Unit]:
+def _units_of(fs: pafs.FileSystem, files: list[str], footers: list[pq.FileMetaData], schema: pa.Schema,
+              split: str) -> list[Unit]:
     """Every row group of ``files`` holding rows of ``split``, rows of other splits skipped."""
-    with ThreadPoolExecutor(max_workers=8) as pool:  # one footer read per file; object stores: in parallel
-        footers = list(pool.map(lambda f: _footer(fs, f), files))
     units, offset = [], 0
     for path, meta in zip(files, footers):
         names = meta.schema.to_arrow_schema().names
@@ -175,14 +200,13 @@ def _decode_settings(fs: pafs.FileSystem, schema: pa.Schema, units: list[Unit],
     return channels, size
 
 
-def _classes(schema: pa.Schema, fs: pafs.FileSystem, files: list[str]) -> list[str]:
+def _classes(schema: pa.Schema, files: list[str], footers: list[pq.FileMetaData]) -> list[str]:
     """Class names from jigclu's metadata, else ``"0".."K-1"`` with K from the label statistics."""
     meta = schema.metadata or {}
     if META_CLASSES in meta:
         return [str(c) for c in json.loads(meta[META_CLASSES])]
     high = -1
-    for path in files:
-        footer = _footer(fs, path)
+    for path, footer in zip(files, footers):
         column = footer.schema.to_arrow_schema().get_field_index("label")
         for group in range(footer.num_row_groups):
             stats = footer.row_group(group).column(column).statistics
@@ -202,20 +226,39 @@ def read_rows(fs: pafs.FileSystem, unit: Unit, rows: np.ndarray,
     return {name: taken[name].to_pylist() for name in columns}
 
 
+_PLANS: dict[tuple[Any, ...], StreamPlan] = {}  # this process's plans (see the module docstring)
+_PLANS_KEPT = 8
+
+
 def plan_stream(location: str, *, image_size: int | None = None, val_size: float | None = None,
                 val_seed: int = 0, limit: int | None = None) -> StreamPlan:
-    """The :class:`StreamPlan` of ``parquet:location`` (made from metadata; see the module docstring)."""
-    fs, files, schema, where = _files(location)
-    units = _units_of(fs, files, schema, "train")
+    """The :class:`StreamPlan` of ``parquet:location`` (made from metadata; see the module docstring).
+    Made once per process for a source whose shards are unchanged (same paths, sizes and mtimes)."""
+    fs, listing, where = _listing(location)
+    key = (location, image_size, val_size, val_seed, limit,
+           tuple((f.path, f.size, f.mtime_ns) for f in listing))
+    if key not in _PLANS:
+        _PLANS[key] = _make_plan(location, fs, [f.path for f in listing], where, image_size, val_size, val_seed, limit)
+        while len(_PLANS) > _PLANS_KEPT:
+            _PLANS.pop(next(iter(_PLANS)))
+    return _PLANS[key]
+
+
+def _make_plan(location: str, fs: pafs.FileSystem, files: list[str], where: str, image_size: int | None,
+               val_size: float | None, val_seed: int, limit: int | None) -> StreamPlan:
+    footers = _footers(fs, files, where)
+    schema = footers[0].schema.to_arrow_schema()  # the first shard's, as a dataset of the shards infers it
+    check_parquet_schema(schema, where)
+    units = _units_of(fs, files, footers, schema, "train")
     if not units:
         raise DataError(f"parquet: {where} has no rows whose split is train")
-    test_units = _units_of(fs, files, schema, "test") if "split" in schema.names else []
+    test_units = _units_of(fs, files, footers, schema, "test") if "split" in schema.names else []
     channels, size = _decode_settings(fs, schema, units, image_size)
-    plan = StreamPlan(location, units, channels, size, _classes(schema, fs, files), test_units=test_units)
+    plan = StreamPlan(location, units, channels, size, _classes(schema, files, footers), test_units=test_units)
     if val_size is not None:
         plan = _carve_validation(plan, fs, val_size, val_seed, where)
     if limit is not None:
-        plan.units = _first_rows(plan.units, limit)
+        plan = replace(plan, units=_first_rows(plan.units, limit))
     return plan
 
 
@@ -224,6 +267,25 @@ def plan_for(cfg: Any) -> StreamPlan:
     d = cfg.data
     return plan_stream(d.dataset.partition(":")[2], image_size=d.image_size, val_size=d.val_size,
                        val_seed=d.val_seed, limit=d.limit)
+
+
+def run_plan(cfg: Any, layout: Any) -> StreamPlan | None:
+    """The plan a run of ``cfg`` streams (None unless ``data.loader`` is ``ray_data``): the one saved
+    with the run at ``layout`` (:class:`~jigclu.runs.RunLayout`) when its data settings are the
+    config's, so a resume reads the rows the run started with even if the source changed since;
+    else the plan made now, saved there."""
+    if cfg.data.loader != "ray_data":
+        return None
+    d = cfg.data
+    settings = {"dataset": d.dataset, "image_size": d.image_size, "val_size": d.val_size, "val_seed": d.val_seed,
+                "limit": d.limit}
+    if storage.exists(layout.stream_plan):
+        saved = json.loads(storage.read_text(layout.stream_plan))
+        if saved.get("settings") == settings:
+            return StreamPlan.from_json(saved["plan"])
+    plan = plan_for(cfg)
+    storage.write_atomic(layout.stream_plan, json.dumps({"settings": settings, "plan": plan.to_json()}))
+    return plan
 
 
 def _first_rows(units: list[Unit], limit: int) -> list[Unit]:
@@ -322,10 +384,11 @@ def choose_loader(task: str, cfg: Any) -> str:
                           "(or data.loader=memory)")
     if not location:
         raise DataError(f"parquet needs a location: parquet:/dir or parquet:s3://bucket/prefix; {HINT}")
-    plan = plan_stream(location, image_size=cfg.data.image_size, limit=cfg.data.limit)  # footers only
+    plan = plan_for(cfg)  # footers (and the validation sample's labels), kept for the run (plan_stream)
     if loader == "auto" and plan.num_rows < cfg.data.stream_min_images:
         return "memory"
     return "ray_data"
 
 
-__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "choose_loader", "plan_for", "plan_stream", "read_rows", "sample_units"]
+__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "choose_loader", "plan_for", "plan_stream", "read_rows",
+           "run_plan", "sample_units"]

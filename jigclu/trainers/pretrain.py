@@ -20,7 +20,7 @@ from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
 from jigclu.context import RunContext
 from jigclu.data import make_loader
-from jigclu.data.stream import STREAM_NAME, plan_for
+from jigclu.data.stream import STREAM_NAME
 from jigclu.data.stream_loader import StreamLoader, read_sample
 from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import jigsaw_labels, patch_layout, random_permutation, step_seed, stitch
@@ -144,7 +144,7 @@ class PretrainTask(Task):
         shard = ctx.dataset_shard(STREAM_NAME)
         if shard is None:
             raise ConfigError("data.loader=ray_data needs a Ray Train run (scaling.workers >= 1)")
-        plan = plan_for(cfg)  # the driver's plan again (deterministic): footers only
+        plan = ctx.stream_plan  # the driver's: no worker reads the source's footers
         self.stream = StreamLoader(shard, local_batch, seed=cfg.seed, rank=dist.rank(), on_corrupt=cfg.data.on_corrupt,
                                    shuffle_buffer=cfg.data.shuffle_buffer, agree=dist.all_agree)
         self.loader = self.sampler = self.stream

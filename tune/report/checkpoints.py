@@ -85,7 +85,8 @@ def _row_checkpoint(sweep_dir: str, trial: Trial, row: dict[str, Any], why: list
     if not isinstance(name, str) or not name:
         why.append("its report came without a checkpoint")
         return None
-    from jigclu.runs import STATE_FILE, SweepLayout  # not at the top: jigclu.runs loads torch; the report needs none
+    from jigclu.runs import STATE_FILE  # not at the top: jigclu.runs loads torch; the report needs none
+    from tune.layout import SweepLayout
 
     directory = storage.join(sweep_dir, trial.dirname, name)
     state = storage.join(directory, STATE_FILE)
