@@ -11,6 +11,9 @@ What is measured, per round (a fresh sweep each round):
 - **sequential in-process**: the very trial configurations the sweep ran (read back from each
   trial's ``config.yaml``), run one after the other through ``jigclu.launch.launch`` with
   ``scaling.workers=0`` in this process: the cost of the same work with no Tune, no actors;
+- the sweep twice, its Tune actors started afresh for every trial (``reuse_actors=false``, as before
+  jigclu reused them) and reused (``reuse_actors=true``, the default): the same configs (the sampler is
+  seeded), run side by side in each round;
 - **sweep / sequential**: below 1 the sweep's concurrency wins more than its overhead costs (on
   2 cores with 2 concurrent trials the ideal is 0.5); **overhead per trial** estimates the
   time a trial slot spends on anything but the trial's work: ``(concurrency x sweep wall -
@@ -32,12 +35,14 @@ from typing import Any
 import common  # noqa: E402  (sibling module; puts the repository on sys.path)
 
 SWEEP_FILE = common.REPO_ROOT / "tune" / "configs" / "pretrain_digits.yaml"
-TRIALS, CONCURRENT, EPOCHS, STEPS = 4, 2, 2, 4
+TRIALS, CONCURRENT, EPOCHS, STEPS = 8, 2, 2, 4
+REUSE = (False, True)
 
 
-def overrides(name: str, output_dir: str) -> list[str]:
+def overrides(name: str, output_dir: str, reuse: bool) -> list[str]:
     return [f"name={name}", f"output_dir={output_dir}", f"num_samples={TRIALS}", f"max_concurrent={CONCURRENT}",
-            "scheduler.type=none", "time_budget_s=null", f"config.train.epochs={EPOCHS}",
+            f"reuse_actors={str(reuse).lower()}", "searcher=random",
+            "scheduler.type=none", "time_budget_s=null", "test_top_k=0", f"config.train.epochs={EPOCHS}",
             f"config.train.steps_per_epoch={STEPS}", "config.train.progress=false", "config.model.width=8",
             "config.monitor.train_limit=500", "config.monitor.test_limit=200"]
 
@@ -54,12 +59,14 @@ def measure(rounds: int) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # a trial gets one CPU; so does the in-process baseline
     init_ray(num_cpus=4)
-    out: dict[str, list[float]] = {"sweep": [], "sequential": [], "trials": []}
+    out: dict[Any, list[float]] = {"sequential": [], **{reuse: [] for reuse in REUSE}}
     with tempfile.TemporaryDirectory(prefix="jigclu-bench-sweep-") as tmp:
         for r in range(rounds):
-            common.progress(f"sweep: round {r + 1}/{rounds}: sweep of {TRIALS} trials")
-            sweep = load_sweep(SWEEP_FILE, overrides(f"bench-{r}", tmp))
-            summary = run_sweep(sweep, progress=False, num_cpus=4)
+            for reuse in REUSE:
+                common.progress(f"sweep: round {r + 1}/{rounds}: sweep of {TRIALS} trials, reuse_actors={reuse}")
+                sweep = load_sweep(SWEEP_FILE, overrides(f"bench-{r}-{reuse}", tmp, reuse))
+                summary = run_sweep(sweep, progress=False, num_cpus=4)
+                out[reuse].append(float(summary["wall_s"]))
             sweep_dir = Path(summary["sweep_dir"])
             configs = sorted(sweep_dir.glob("trial-*/config.yaml"))
             if len(configs) != TRIALS:
@@ -73,8 +80,6 @@ def measure(rounds: int) -> dict[str, Any]:
                 cfg.train.progress = False
                 launch("pretrain", cfg, progress=False)
             out["sequential"].append(time.perf_counter() - start)
-            out["sweep"].append(float(summary["wall_s"]))
-            out["trials"].append(float(summary.get("trials", len(configs))))
     return out
 
 
@@ -90,22 +95,27 @@ def section_pending(reason: str, info: dict[str, str]) -> str:
     ])
 
 
-def section(res: dict[str, Any], info: dict[str, str]) -> str:
-    ratio = common.Ratio.of([a / b for a, b in zip(res["sweep"], res["sequential"])])
-    overhead = statistics.median((CONCURRENT * a - b) / TRIALS for a, b in zip(res["sweep"], res["sequential"]))
-    row = [f"{TRIALS} trials x {EPOCHS} epochs x {STEPS} steps, {CONCURRENT} concurrent",
-           common.fmt_s(statistics.median(res["sweep"])), common.fmt_s(statistics.median(res["sequential"])),
-           str(ratio), f"{overhead:.1f} s"]
+def section(res: dict[Any, Any], info: dict[str, str]) -> str:
+    rows = []
+    for reuse in REUSE:
+        ratio = common.Ratio.of([a / b for a, b in zip(res[reuse], res["sequential"])])
+        overhead = statistics.median((CONCURRENT * a - b) / TRIALS for a, b in zip(res[reuse], res["sequential"]))
+        rows.append([f"{TRIALS} trials x {EPOCHS} epochs x {STEPS} steps, {CONCURRENT} concurrent",
+                     "reused (default)" if reuse else "a new actor per trial",
+                     common.fmt_s(statistics.median(res[reuse])), common.fmt_s(statistics.median(res["sequential"])),
+                     str(ratio), f"{overhead:.1f} s"])
     return "\n".join([
         "A small sweep (`tune/configs/pretrain_digits.yaml` shrunk: digits 32 px, ResNet-18-small width 8, "
-        f"{TRIALS} trials of {EPOCHS} epochs x {STEPS} steps, {CONCURRENT} concurrent, no early stopping) vs the "
-        "same trial configurations run one after the other in-process. Ratio: median of per-round ratios "
-        "(min-max); overhead per trial = (concurrency x sweep wall - sequential) / trials.",
+        f"{TRIALS} trials of {EPOCHS} epochs x {STEPS} steps, {CONCURRENT} concurrent, random search, no early "
+        "stopping) vs the same trial configurations run one after the other in-process, with Tune's actors started "
+        "for every trial and reused (`reuse_actors`), side by side in each round. Ratio: median of per-round ratios "
+        "(min-max); overhead per trial = (concurrency x sweep wall - sequential) / trials: it includes the "
+        "sweep's own start and end, spread over its trials.",
         "",
-        common.markdown_table(["sweep", "sweep wall", "sequential in-process", "sweep / sequential",
-                               "overhead per trial"], [row]),
+        common.markdown_table(["sweep", "Tune actors", "sweep wall", "sequential in-process", "sweep / sequential",
+                               "overhead per trial"], rows),
         "",
-        f"Rounds: {len(res['sweep'])} (each: a fresh sweep, then its trials in-process).",
+        f"Rounds: {len(res['sequential'])} (each: both sweeps, then their trials in-process).",
         "",
         common.info_block(info),
     ])
@@ -134,10 +144,9 @@ def main(argv: list[str] | None = None) -> None:
             common.progress(f"sweep: measurement failed, pending ({type(exc).__name__}: {exc})")
         else:
             body = section(res, info)
-            common.print_table("Sweep efficiency", ["sweep wall (median)", "sequential (median)", "sweep / sequential"],
-                               [[common.fmt_s(statistics.median(res["sweep"])),
-                                 common.fmt_s(statistics.median(res["sequential"])),
-                                 str(common.Ratio.of([a / b for a, b in zip(res["sweep"], res["sequential"])]))]])
+            common.print_table("Sweep efficiency", ["Tune actors", "sweep wall (median)", "sequential (median)"],
+                               [["reused" if reuse else "new per trial", common.fmt_s(statistics.median(res[reuse])),
+                                 common.fmt_s(statistics.median(res["sequential"]))] for reuse in REUSE])
     if not args.no_write:
         common.write_section("Sweep efficiency", body)
 

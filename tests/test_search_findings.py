@@ -173,8 +173,10 @@ def test_promotion_resumes_paused_trials_and_repeats_pair_the_leaders_seeds(ray_
     for t in search:
         assert [r["epoch"] for r in rows[t]] == list(range(len(rows[t])))
         assert [r["training_iteration"] for r in rows[t]] == list(range(1, len(rows[t]) + 1))
-        pids = [r["pid"] for r in rows[t]]
-        resumed += [t for a, b in zip(pids, pids[1:]) if a != b]
+        # the first epoch after a pause says which checkpoint it loaded (the actor may be a reused one)
+        loaded = [(r["epoch"], r["resumed_from_epoch"]) for r in rows[t] if r.get("resumed_from_epoch") is not None]
+        assert all(epoch == source + 1 for epoch, source in loaded), (t, loaded)
+        resumed += [t for _ in loaded]
     assert resumed, "no trial was paused at a rung and promoted later"
 
     # the leaders: the two best full search trials; each repeat is a leader's config with seed 1

@@ -81,6 +81,8 @@ class SweepSpec(BaseModel):
                                       "study, without a password (PGPASSWORD or ~/.pgpass give it: tune/study_db.py); "
                                       "default: SQLite kept with the sweep")
     trial_mode: Literal["auto", "inprocess", "ray_train"] = "auto"
+    reuse_actors: bool = Field(True, description="in-process trials run one after another in warm Tune actors "
+                               "(torch and the trainer imported once per actor, not once per trial)")
     max_failures: int = Field(2, ge=0, description="times Tune starts a trial again after its driver died (a "
                               "node lost): it resumes from its checkpoint; a trial that failed for a reason "
                               "of its own is not trained again")

@@ -169,10 +169,12 @@ def build_tuner(sweep: Sweep, layout: SweepLayout, callbacks: list[Any]) -> tune
                                            _optuna_storage(sweep, layout))
     scheduler = build_scheduler(sweep)
     link(search_alg, scheduler)
+    # a Ray Train trial's actor is only its driver: its start-up is the Train job's, not the actor's
+    reuse = spec.reuse_actors and not trial_uses_ray_train(sweep, build_config(RunConfig, sweep.base))
     return tune.Tuner(
         _trainable(sweep, layout),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, reuse_actors=reuse,
                                     num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=spec.name, **ray_storage(storage.parent(layout.root), retrying=False),
