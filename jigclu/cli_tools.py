@@ -45,7 +45,7 @@ def _cmd_knn(args: argparse.Namespace) -> int:
 
     from jigclu.config import load_config
     from jigclu.export import adopt_pretrained
-    from jigclu.trainers.knn import knn_eval
+    from jigclu.trainers.scoring import knn_eval
 
     overrides = list(args.overrides) + ([f"eval.pretrained={args.checkpoint}"] if args.checkpoint else [])
     overrides += ["monitor.probe=true"] if args.probe else []

@@ -48,7 +48,7 @@ def score_on_test(sweep: Sweep, layout: SweepLayout, say: Any = print) -> dict[s
     from the checkpoint of the epoch it is ranked by (the one ``SWEEP@best`` exports); writes and
     returns ``test_scores.json``."""
     from jigclu.checkpoint import load_checkpoint
-    from jigclu.trainers.knn import test_score
+    from jigclu.trainers.scoring import test_score
     from tune.report.checkpoints import NoCheckpoint, ranked_checkpoint
     from tune.report.data import load_sweep_dir
     from tune.report.summary import build_report

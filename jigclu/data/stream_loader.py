@@ -163,21 +163,32 @@ def _take(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.nd
     return out, ([rest] if left else []), left
 
 
-def read_sample(plan: StreamPlan, units: list[Unit], limit: int | None, seed: int, split: str) -> TensorImageDataset:
-    """A bounded, seeded sample of ``units``' rows, decoded into memory (the kNN monitor's bank or
-    queries); only the row groups holding the sample are read, corrupt images left out."""
+def sample_chunks(plan: StreamPlan, units: list[Unit], limit: int | None, seed: int
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A bounded, seeded sample of ``units``' rows (``limit`` rows, all when None), one decoded chunk
+    of uint8 images and labels at a time, corrupt images left out: only the row groups holding the
+    sample are read, one at a time, so a pass that keeps only features holds no more images than that."""
     from jigclu.data.request import resolve
 
     decoder, fs = DecodeUnits(plan, units), resolve(plan.location)[0]
-    parts = []
     for unit, rows in sample_units(units, limit, seed):
         data = read_rows(fs, unit, rows)
-        parts.append(decoder.decode(data["image"], data["label"], unit.offset + rows, [unit.path] * len(rows)))
-    ok = np.concatenate([p["ok"] for p in parts])
-    images = np.concatenate([p["image"] for p in parts])[ok]
-    labels = np.concatenate([p["label"] for p in parts])[ok]
-    return TensorImageDataset(torch.from_numpy(images), torch.from_numpy(labels), name=f"parquet:{plan.location}",
-                              split=split, classes=plan.classes)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            part = slice(start, start + CHUNK_ROWS)
+            out = decoder.decode(data["image"][part], data["label"][part], unit.offset + rows[part],
+                                 [unit.path] * len(rows[part]))
+            ok = out["ok"]
+            if ok.any():
+                yield torch.from_numpy(out["image"][ok]), torch.from_numpy(out["label"][ok])
 
 
-__all__ = ["CHUNK_ROWS", "DecodeUnits", "StreamLoader", "read_sample"]
+def read_sample(plan: StreamPlan, units: list[Unit], limit: int | None, seed: int, split: str) -> TensorImageDataset:
+    """:func:`sample_chunks` decoded into memory (the streamed kNN monitor's bank or queries)."""
+    chunks = list(sample_chunks(plan, units, limit, seed))
+    if not chunks:
+        raise DataError(f"parquet:{plan.location}: no decodable image in the {split} sample")
+    return TensorImageDataset(torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]),
+                              name=f"parquet:{plan.location}", split=split, classes=plan.classes)
+
+
+__all__ = ["CHUNK_ROWS", "DecodeUnits", "StreamLoader", "read_sample", "sample_chunks"]

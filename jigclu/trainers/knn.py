@@ -107,15 +107,20 @@ class KnnMonitor:
     def evaluate(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
         bank_raw = pooled_features(backbone, self.bank_images, self.size, device)
         query_raw = pooled_features(backbone, self.query_images, self.size, device)
-        bank, queries = F.normalize(bank_raw, dim=1), F.normalize(query_raw, dim=1)
-        scores = knn_predict(bank, self.bank_labels.to(device), queries, self.num_classes,
-                             self.k, self.temperature)
-        acc = topk_accuracy(scores, self.query_labels.to(device))
-        out = {"knn_top1": acc[1], "knn_top5": acc[5], "embed_std": embedding_spread(queries)}
-        if self.probe:
-            out["probe_top1"] = linear_probe(bank_raw, self.bank_labels.to(device), query_raw,
-                                             self.query_labels.to(device), self.num_classes, seed=self.seed).top1
-        return out
+        return feature_scores(bank_raw, self.bank_labels.to(device), query_raw, self.query_labels.to(device),
+                              self.num_classes, self.k, self.temperature, self.probe, self.seed)
+
+
+def feature_scores(bank_raw: Tensor, bank_labels: Tensor, query_raw: Tensor, query_labels: Tensor, num_classes: int,
+                   k: int, temperature: float, probe: bool, seed: int) -> dict[str, float]:
+    """kNN top-1/top-5, the embeddings' spread and (``probe``) the linear probe's top-1, from pooled
+    features of a labeled bank and labeled queries."""
+    bank, queries = F.normalize(bank_raw, dim=1), F.normalize(query_raw, dim=1)
+    acc = topk_accuracy(knn_predict(bank, bank_labels, queries, num_classes, k, temperature), query_labels)
+    out = {"knn_top1": acc[1], "knn_top5": acc[5], "embed_std": embedding_spread(queries)}
+    if probe:
+        out["probe_top1"] = linear_probe(bank_raw, bank_labels, query_raw, query_labels, num_classes, seed=seed).top1
+    return out
 
 
 def held_out_monitor(cfg: Any, train_ds: Any, val_ds: Any | None, *, test: bool = False) -> KnnMonitor:
@@ -134,22 +139,6 @@ def held_out_monitor(cfg: Any, train_ds: Any, val_ds: Any | None, *, test: bool 
     return KnnMonitor.from_datasets(train_ds, queries, cfg.jigsaw.crop_size, mon.k, mon.knn_temperature,
                                     mon.train_limit, None if test else mon.test_limit, seed=cfg.data.val_seed,
                                     probe=mon.probe, split=split)
-
-
-def test_score(cfg: Any, model_state: dict[str, Any], device: str = "cpu") -> dict[str, float]:
-    """A pretrained model's score on the whole test split, measured once (after selection on the
-    validation split): the same bank as its monitor (training images, validation split excluded),
-    the kNN and, with ``monitor.probe``, the linear probe."""
-    from jigclu.models import JigCluModel
-    from jigclu.trainers.common import training_splits
-
-    model = JigCluModel(cfg.model.arch, cfg.model.width, cfg.model.grid, cfg.model.proj_dim)
-    model.load_state_dict(model_state)
-    train_ds, _ = training_splits(cfg)
-    monitor = held_out_monitor(cfg, train_ds, None, test=True)
-    result = monitor.evaluate(model.backbone.to(device), torch.device(device))
-    result["queries"] = float(len(monitor.query_labels))
-    return result
 
 
 class CollapseRule:
@@ -172,29 +161,3 @@ class CollapseRule:
         else:
             return {"collapsed": 0.0}
         return {"collapsed": 1.0, "collapse_reason": reason}
-
-
-def knn_eval(cfg: Any, device: str | None = None) -> dict[str, float]:
-    """kNN top-1/top-5 (and with ``monitor.probe`` the linear probe's top-1) of ``cfg``'s backbone
-    (``eval.pretrained`` or random init) on its data: bank from the train split, queries from the
-    test split (``monitor.*`` limits)."""
-    from jigclu.context import resolve_device
-    from jigclu.data import load_dataset
-    from jigclu.export import load_backbone_weights, load_into
-    from jigclu.models import build_backbone
-    from jigclu.trainers.common import seed_everything
-
-    seed_everything(cfg.seed)
-    dev = torch.device(device) if device else resolve_device(cfg.device)
-    backbone = build_backbone(cfg.model.arch, cfg.model.width)
-    if cfg.eval.pretrained:
-        load_into(backbone, load_backbone_weights(cfg.eval.pretrained))
-    backbone.to(dev)
-    splits = [load_dataset(cfg.data.dataset, split, image_size=cfg.data.image_size, on_corrupt=cfg.data.on_corrupt)
-              for split in ("train", "test")]
-    monitor = KnnMonitor.from_datasets(*splits, cfg.eval.image_size or cfg.jigsaw.crop_size, cfg.monitor.k,
-                                       cfg.monitor.knn_temperature, cfg.monitor.train_limit,
-                                       cfg.monitor.test_limit, seed=cfg.seed, probe=cfg.monitor.probe)
-    result = monitor.evaluate(backbone, dev)
-    result.update(bank=float(len(monitor.bank_labels)), queries=float(len(monitor.query_labels)))
-    return result
