@@ -110,3 +110,20 @@ def test_one_training_loop():
             if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and node.target.id == "epoch":
                 loops.append(f"{path.name}:{node.lineno}")
     assert loops == [loops[0]] and loops[0].startswith("loop.py"), loops
+
+
+def test_one_module_names_the_sweep_files():
+    """The sweep directory's file names are written once, in tune/layout.py; the runner and the
+    report import them (a second spelling is how a renamed file goes unread)."""
+    from tune import layout
+
+    names = {value for key, value in vars(layout).items() if key.isupper() and isinstance(value, str)}
+    assert {"sampled.json", "test_scores.json", "train_checkpoint.json"} <= names
+    offenders = []
+    for module, path in MODULES.items():
+        if module == "tune.layout":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not offenders, f"sweep file names spelled outside tune/layout.py: {offenders}"

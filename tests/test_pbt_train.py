@@ -65,7 +65,8 @@ def test_exploited_ray_train_trial_loads_its_donors_weights_and_the_new_values(r
     from tune.report.data import load_sweep_dir
     from tune.report.science import schedules
     from tune.sweep import run_sweep
-    from tune.train_trial import TRAIN_RUNS, pointed_file
+    from tune.layout import TRAIN_RUNS
+    from tune.train_trial import pointed_file
 
     sweep = pbt_sweep(tmp_path)
     summary = run_sweep(sweep, progress=False)

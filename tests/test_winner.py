@@ -22,7 +22,7 @@ from jigclu.checkpoint import load_checkpoint, save_checkpoint
 from jigclu.cli import main
 from jigclu.errors import JigcluError
 from test_report import make_sweep, run_report
-from tune.report.checkpoints import POINTER
+from tune.layout import POINTER
 from tune.report.winner import parse_reference, resolve_checkpoint, split_choice
 
 ROOT = Path(__file__).resolve().parents[1]

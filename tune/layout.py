@@ -12,6 +12,24 @@ from pathlib import Path
 
 from jigclu import storage
 
+# The files of a sweep directory, named here only (tune/ imports them; the report reads them).
+TRIAL_PREFIX = "trial-"  # trial-<id>/: one directory per trial
+TEST_SCORES = "test_scores.json"  # the selected trials scored once on the test split, after the sweep
+BUDGET_STOPPED = "budget_stopped.json"  # ids of the trials the time budget ended (a JSON list)
+WAITING = "waiting.json"  # {trial id: what it waits for}, rewritten when the set changes
+# in a trial's directory
+RESULTS = "result.json"  # Tune's: one JSON line per report
+SAMPLED = "sampled.json"  # the sampled parameters (Tune's params.json may be missing)
+FAILED = "failed.txt"
+"""Why the trial failed for a reason of its own (a bad combination, a NaN, a Ray Train run out of
+retries), so a retry by Tune fails at once instead of training again."""
+TRAIN_RUNS = "train_runs.json"
+"""A Ray Train trial's ``[{"run", "from", "config"}, ...]``, its Train runs, oldest first: the current
+one last; ``from`` is the pointer a run after a PBT exploit started from (None for the first),
+``config`` a digest of the trial config it trained with."""
+POINTER = "train_checkpoint.json"
+"""In a Ray Train trial's Tune checkpoint: where its Train checkpoint is (``{"run", "checkpoint", "epoch"}``)."""
+
 
 class SweepLayout:
     """The files of one sweep, rooted at ``root`` (a path or a storage URI)::
@@ -21,6 +39,7 @@ class SweepLayout:
         experiment_state-*   Ray Tune's own state (written by Tune)
         trial-<id>/          one per trial: result.json, config.yaml, sampled.json, checkpoints
         train/<name>/        the Ray Train runs of trials that run on Ray Train workers
+        test_scores.json, budget_stopped.json, waiting.json   (the names above)
 
     SQLite cannot live in an object store, so for a remote sweep the study is kept on the
     driver's disk (``study_cache``) and published to ``optuna.db`` after every trial and at the
@@ -50,7 +69,7 @@ class SweepLayout:
         return self.file("train")
 
     def trial(self, trial_id: str) -> str:
-        return self.file(f"trial-{trial_id}")
+        return self.file(f"{TRIAL_PREFIX}{trial_id}")
 
     @property
     def is_local(self) -> bool:
@@ -130,7 +149,7 @@ class SweepLayout:
         the last state save of a killed driver, which the resumed sweep ran again under a new id."""
         if not known:
             return []
-        orphans = [n for n in storage.list_dir(self.root) if n.startswith("trial-") and n not in known]
+        orphans = [n for n in storage.list_dir(self.root) if n.startswith(TRIAL_PREFIX) and n not in known]
         for name in orphans:
             storage.move(self.file(name), self.file(f".orphan-{name}"))
         return orphans
@@ -139,4 +158,5 @@ class SweepLayout:
 _TUNE_STATE = re.compile(r"^(experiment_state-.*\.json|search_gen_state-.*\.json|searcher-state-.*\.pkl)$")
 
 
-__all__ = ["SweepLayout"]
+__all__ = ["SweepLayout", "TRIAL_PREFIX", "TEST_SCORES", "BUDGET_STOPPED", "WAITING", "RESULTS", "SAMPLED",
+           "FAILED", "TRAIN_RUNS", "POINTER"]

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from tune.layout import TRIAL_PREFIX
 from tune.report.trial import trial_status
 
 
@@ -72,7 +73,7 @@ class SweepProgress(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.status[trial.trial_id] = "running"
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted((trial.config or {}).items()))
-        self._line(f"trial-{trial.trial_id} started: {params}")
+        self._line(f"{TRIAL_PREFIX}{trial.trial_id} started: {params}")
         self._redraw()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -82,7 +83,7 @@ class SweepProgress(Callback):
             better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
             if better:
                 self.best = (float(value), trial.trial_id, int(result.get("training_iteration", 0)))
-        self._line(f"trial-{trial.trial_id} epoch {result.get('training_iteration', '?')}: "
+        self._line(f"{TRIAL_PREFIX}{trial.trial_id} epoch {result.get('training_iteration', '?')}: "
                    f"{self.metric} {_fmt(value)}")
         self._redraw()
 
@@ -98,7 +99,7 @@ class SweepProgress(Callback):
         # Tune stops every running trial once the budget is spent (its timer starts a moment after ours)
         if status == "stopped" and self.budget_s and time.time() - self.started >= self.budget_s:
             self.budget_stopped.append(trial.trial_id)
-        self._line(f"trial-{trial.trial_id} {status.replace('stopped', 'stopped early')} after {epochs} epochs")
+        self._line(f"{TRIAL_PREFIX}{trial.trial_id} {status.replace('stopped', 'stopped early')} after {epochs} epochs")
         self._redraw()
 
     def _line(self, text: str) -> None:

@@ -14,14 +14,12 @@ from typing import Any
 
 from jigclu.config import RunConfig, build_config
 from jigclu.errors import ConfigError
-from tune.layout import SweepLayout
 from jigclu.storage import write_atomic
+from tune.layout import TEST_SCORES, SweepLayout
 from tune.space import Sweep
 
 # What a pretraining trial reports without labels (a source of one class): the losses.
 UNLABELED_METRICS = ("loss", "loss_clu", "loss_loc", "loc_acc")
-TEST_SCORES = "test_scores.json"
-BUDGET_STOPPED = "budget_stopped.json"  # ids of the trials the time budget ended (a JSON list)
 
 
 def check_data(sweep: Sweep) -> None:
@@ -86,4 +84,4 @@ def score_on_test(sweep: Sweep, layout: SweepLayout, say: Any = print) -> dict[s
     return out
 
 
-__all__ = ["BUDGET_STOPPED", "TEST_SCORES", "UNLABELED_METRICS", "check_data", "score_on_test"]
+__all__ = ["UNLABELED_METRICS", "check_data", "score_on_test"]

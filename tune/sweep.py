@@ -31,13 +31,13 @@ from jigclu.ray_session import (driver_resources, init_ray, placement_groups,  #
                                 remove_orphaned_worker_groups)
 from jigclu.ray_train import ray_storage, root_cause, state_from
 from jigclu.runs import RunLayout, jsonable
-from tune.layout import SweepLayout
+from tune.layout import BUDGET_STOPPED, FAILED, SAMPLED, TRIAL_PREFIX, SweepLayout
 from jigclu import storage
 from jigclu.storage import check_writable, read_text, write_atomic
 from jigclu.trainers import run_task
 from tune.repeats import REPEAT_OF
 from tune.report.trial import trial_status
-from tune.selection import BUDGET_STOPPED, check_data, score_on_test
+from tune.selection import check_data, score_on_test
 from tune.space import Sweep
 from tune.study_db import DatabaseStudyLayout, open_study_storage
 
@@ -87,11 +87,6 @@ def trial_uses_ray_train(sweep: Sweep, cfg: Any) -> bool:
     return (workers[1] if isinstance(workers, tuple) else workers) >= 2
 
 
-FAILED = "failed.txt"
-"""In a trial's directory: why the trial failed for a reason of its own (a bad combination, a NaN,
-a Ray Train run out of retries), so a retry by Tune fails at once instead of training again."""
-
-
 class TrialFailed(JigcluError):
     """A retried trial that had already failed for a reason of its own."""
 
@@ -130,7 +125,7 @@ def _run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: s
     cfg.monitor.every = 1  # the scheduler needs the metric at every report
     cfg = prepare(spec.task, cfg)  # downstream trials adopt their checkpoint's model, as `jigclu linear` does
     save_config(cfg, RunLayout(trial_dir).config)
-    write_atomic(RunLayout(trial_dir).file("sampled.json"), json.dumps(params, indent=1, sort_keys=True))
+    write_atomic(RunLayout(trial_dir).file(SAMPLED), json.dumps(params, indent=1, sort_keys=True))
     if trial_uses_ray_train(sweep, cfg):
         from tune.train_trial import run_train_trial
 
@@ -198,7 +193,7 @@ def _checkpoints_kept(sweep: Sweep) -> tune.CheckpointConfig:
 
 
 def _trial_name(trial: Any) -> str:
-    return f"trial-{trial.trial_id}"
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 def _trainable(sweep: Sweep, layout: SweepLayout) -> Any:

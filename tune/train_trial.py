@@ -43,13 +43,9 @@ from jigclu.errors import JigcluError, warn
 from jigclu.ray_session import prepare_elastic_run, release_reservations, remove_left_groups
 from jigclu.ray_train import KEEP_SCORE, make_trainer
 from jigclu.runs import STATE_FILE, RunLayout, jsonable, ray_checkpoint_name
-from tune.report.checkpoints import POINTER  # in a Tune checkpoint: {"run", "checkpoint", "epoch"}
+from tune.layout import POINTER, TRAIN_RUNS
 from tune.space import Sweep
 
-TRAIN_RUNS = "train_runs.json"
-"""In a Ray Train trial's directory: ``[{"run", "from", "config"}, ...]``, its Train runs, oldest first:
-the current one last; ``from`` is the pointer a run after a PBT exploit started from (None for the
-first), ``config`` a digest of the trial config it trained with."""
 DONORS = "pbt_donors"  # in a PBT trial's Train run: copies of its newest epoch checkpoints, for exploits
 INITIAL_STATE = "initial_state.pt"  # in a Train run that started from a PBT donor: the donor's state
 

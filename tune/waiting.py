@@ -20,8 +20,8 @@ import ray
 from ray.tune import Callback
 
 from jigclu.storage import write_atomic
+from tune.layout import TRIAL_PREFIX, WAITING
 
-WAITING = "waiting.json"  # {trial id: what it waits for}, rewritten when the set changes
 CHECK_S = 5.0
 WAITING_RUN_STATES = ("INITIALIZING", "SCHEDULING", "RESTARTING", "RESIZING")
 
@@ -90,7 +90,7 @@ class ResourceWait(Callback):
             shown[trial_id] = what
             if now - self.logged.get(trial_id, 0.0) >= self.every_s:
                 self.logged[trial_id] = now
-                self.line(f"trial-{trial_id} waiting for resources for {now - since:.0f} s: {what}")
+                self.line(f"{TRIAL_PREFIX}{trial_id} waiting for resources for {now - since:.0f} s: {what}")
         if shown != self.written:
             self.written = shown
             write_atomic(f"{self.sweep_dir.rstrip('/')}/{WAITING}", json.dumps(shown, indent=1, sort_keys=True))

@@ -85,30 +85,6 @@ def seeded_subset(n: int, limit: int | None, seed: int) -> Tensor:
     return torch.randperm(n, generator=gen)[:limit].sort().values
 
 
-class SubsetDataset(Dataset):
-    """``dataset`` restricted to ``indices``, keeping the attributes trainers rely on
-    (``labels``, ``num_classes``, ``classes``, ``channels``, ``images`` when in memory)."""
-
-    def __init__(self, dataset: Dataset, indices: Tensor) -> None:
-        self.dataset = dataset
-        self.indices = torch.as_tensor(indices, dtype=torch.long)
-        self.labels = dataset.labels[self.indices]
-        self.num_classes = dataset.num_classes
-        self.classes = getattr(dataset, "classes", [str(i) for i in range(self.num_classes)])
-        self.channels = getattr(dataset, "channels", 3)
-        self.name = getattr(dataset, "name", "subset")
-        parent_images = getattr(dataset, "images", None)
-        self.images = parent_images[self.indices] if parent_images is not None else None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        if self.images is not None:
-            return self.images[i], int(self.labels[i])
-        return self.dataset[int(self.indices[i])]
-
-
 def split_validation(dataset: ImageDataset, val_size: float | None, seed: int,
                      what: str = "data") -> tuple[ImageDataset, ImageDataset | None]:
     """``(train, val)``: a seeded, class-balanced validation split carved from ``dataset``.

@@ -34,12 +34,6 @@ def pooled_features(backbone: nn.Module, images: Tensor, size: int, device: torc
     return torch.cat(feats)
 
 
-def extract_features(backbone: nn.Module, images: Tensor, size: int, device: torch.device,
-                     batch_size: int = 256) -> Tensor:
-    """L2-normalised pooled features of uint8 ``images``."""
-    return F.normalize(pooled_features(backbone, images, size, device, batch_size), dim=1)
-
-
 def embedding_spread(features: Tensor) -> float:
     """Per-dimension std of L2-normalised ``features``, averaged and times sqrt(dim): about 1 for
     features spread evenly over the sphere, 0 when every image maps to the same point (collapse)."""

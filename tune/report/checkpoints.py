@@ -27,12 +27,10 @@ from typing import Any
 from jigclu import storage
 from jigclu.errors import JigcluError
 from jigclu.storage import StorageError
+from tune.layout import POINTER
 from tune.report.fmt import fmt_num
 from tune.report.trial import Trial, finite, finite_int
 
-POINTER = "train_checkpoint.json"
-"""In a Ray Train trial's Tune checkpoint: where its Train checkpoint is (written by
-``tune/train_trial.py``, which imports this name)."""
 
 
 class NoCheckpoint(JigcluError):
@@ -122,4 +120,4 @@ def _kept(sweep_dir: str, trial: Trial, rows: dict[int | None, dict[str, Any]], 
     return ", ".join(out)
 
 
-__all__ = ["NoCheckpoint", "POINTER", "RankedCheckpoint", "ranked_checkpoint"]
+__all__ = ["NoCheckpoint", "RankedCheckpoint", "ranked_checkpoint"]

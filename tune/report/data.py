@@ -34,6 +34,7 @@ import yaml
 from jigclu import storage
 from jigclu.errors import JigcluError
 from jigclu.storage import StorageError
+from tune.layout import BUDGET_STOPPED, RESULTS, SAMPLED, TEST_SCORES, TRIAL_PREFIX, WAITING
 from tune.report.trial import STATUSES, Trial, finite, finite_int, trial_status
 
 ACTIVE_WINDOW_S = 60.0
@@ -168,7 +169,7 @@ def load_sweep_dir(path: str | Path, now: float | None = None) -> SweepData:
         shown = as_given(path, "sweep.yaml")
         if not storage.is_file(storage.join(location, "sweep.yaml")):
             hint = " (it looks like a trial directory; pass its parent)" \
-                if storage.exists(storage.join(location, "result.json")) else ""
+                if storage.exists(storage.join(location, RESULTS)) else ""
             raise SweepDirError(f"report: {as_given(path)} is not a sweep directory: it has no sweep.yaml"
                                 f"{hint}; pass <output_dir>/<name> as printed by `jigclu tune`")
         try:
@@ -186,7 +187,7 @@ def load_sweep_dir(path: str | Path, now: float | None = None) -> SweepData:
     max_t = saved_max_t(definition, location, trials)
     now = time.time() if now is None else now
     active = _is_active(location, state_file, trials, now)
-    waiting = _read_ids(location, "waiting.json")
+    waiting = _read_ids(location, WAITING)
     for t in trials:
         alive = not (active and t.results and _process_gone(t.results[-1]))
         t.status = trial_status(t.epochs, max_t, ray_status=t.ray_status, done=t.done, has_results=bool(t.results),
@@ -196,7 +197,7 @@ def load_sweep_dir(path: str | Path, now: float | None = None) -> SweepData:
     test_scores = _read_test_scores(location, notes)
     return SweepData(location=location, definition=definition, trials=trials, max_t=max_t, active=active,
                      state_file=state_file, notes=notes, test_scores=test_scores,
-                     budget_stopped=_read_ids(location, "budget_stopped.json"), waiting=waiting)
+                     budget_stopped=_read_ids(location, BUDGET_STOPPED), waiting=waiting)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def _read_experiment_state(location: str, notes: list[str]) -> tuple[dict[str, d
         runtime = runtime if isinstance(runtime, dict) else {}
         out[trial_id] = {
             "status": static.get("status"),
-            "dirname": static.get("relative_logdir") or static.get("custom_dirname") or f"trial-{trial_id}",
+            "dirname": static.get("relative_logdir") or static.get("custom_dirname") or f"{TRIAL_PREFIX}{trial_id}",
             "config": static.get("config") if isinstance(static.get("config"), dict) else {},
             "start_time": finite(runtime.get("start_time")),
             "num_failures": finite_int(runtime.get("num_failures")),
@@ -237,8 +238,8 @@ def _collect_trials(location: str, state: dict[str, dict[str, Any]], notes: list
     for trial_id, info in state.items():
         by_id[trial_id] = Trial(trial_id=trial_id, dirname=str(info["dirname"]))
     for name in storage.list_dir(location):
-        if fnmatchcase(name, "trial-*") and storage.is_dir(storage.join(location, name)):
-            trial_id = name.removeprefix("trial-")
+        if fnmatchcase(name, f"{TRIAL_PREFIX}*") and storage.is_dir(storage.join(location, name)):
+            trial_id = name.removeprefix(TRIAL_PREFIX)
             by_id.setdefault(trial_id, Trial(trial_id=trial_id, dirname=name))
     for trial_id, trial in by_id.items():
         info = state.get(trial_id, {})
@@ -247,7 +248,7 @@ def _collect_trials(location: str, state: dict[str, dict[str, Any]], notes: list
         trial.failures = info.get("num_failures") or 0
         directory = storage.join(location, trial.dirname)
         trial.params = _read_params(directory) or dict(info.get("config") or {})
-        trial.results, trial.done, bad = _read_results(storage.join(directory, "result.json"))
+        trial.results, trial.done, bad = _read_results(storage.join(directory, RESULTS))
         if bad:
             notes.append(f"{trial.dirname}/result.json: skipped {bad} unreadable line{'s' * (bad > 1)}")
         trial.has_config = storage.is_file(storage.join(directory, "config.yaml"))
@@ -262,7 +263,7 @@ def _collect_trials(location: str, state: dict[str, dict[str, Any]], notes: list
 
 def _read_test_scores(location: str, notes: list[str]) -> dict[str, Any] | None:
     """test_scores.json: ``{"split": "test", "selected_on": "val", "metric": ..., "trials": [...]}``."""
-    path = storage.join(location, "test_scores.json")
+    path = storage.join(location, TEST_SCORES)
     if not storage.is_file(path):
         return None
     try:
@@ -289,7 +290,7 @@ def _read_ids(location: str, name: str) -> frozenset[str]:
 
 
 def _read_params(directory: str) -> dict[str, Any]:
-    for name in ("params.json", "sampled.json"):
+    for name in ("params.json", SAMPLED):
         try:
             data = json.loads(storage.read_text(storage.join(directory, name)))
         except (StorageError, ValueError):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jigclu import storage
 from jigclu.errors import JigcluError
+from tune.layout import TRIAL_PREFIX
 from tune.report.data import SweepDirError, load_sweep_dir
 from tune.report.summary import build_report
 
@@ -51,8 +52,8 @@ def parse_reference(location: str) -> SweepReference | None:
             return SweepReference(location, None)
         name = storage.normalise(location).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         parent = _parent_as_given(location)
-        if name.startswith("trial-") and storage.is_file(storage.join(parent, "sweep.yaml")):
-            return SweepReference(parent, name.removeprefix("trial-"))
+        if name.startswith(TRIAL_PREFIX) and storage.is_file(storage.join(parent, "sweep.yaml")):
+            return SweepReference(parent, name.removeprefix(TRIAL_PREFIX))
         return None
     if split_choice(location) is None or storage.exists(location):  # a file, even one with an @ in its name
         return None
