@@ -28,7 +28,8 @@ from jigclu import dist
 from jigclu.checkpoint import load_checkpoint, save_checkpoint
 from jigclu.errors import ConfigError
 from jigclu.progress import Display
-from jigclu.runs import STATE_FILE, RunLayout, jsonable
+from jigclu.runs import STATE_FILE, RunLayout
+from jigclu.values import jsonable
 
 
 class RunContext(Protocol):

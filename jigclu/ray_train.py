@@ -37,8 +37,9 @@ from jigclu.preempt import Preempted
 from jigclu.progress import Display
 from jigclu.ray_data import quiet_data_context, train_datasets
 from jigclu.retrying_fs import retrying_filesystem
-from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, jsonable, ray_checkpoint_name, run_name, run_root)
+from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, ray_checkpoint_name, run_name, run_root)
 from jigclu.trainers import epoch_line, run_task
+from jigclu.values import jsonable
 
 from jigclu.ray_session import (WorkerGroupJanitor, init_ray, prepare_elastic_run,  # sets Ray's env defaults
                                 remove_left_groups)

@@ -29,7 +29,6 @@ would import code is no damage but a planted file: the resume stops there with o
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from jigclu import storage
 from jigclu.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from jigclu.config import save_config
 from jigclu.errors import ConfigError, JigcluError, warn
+from jigclu.values import jsonable
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -71,15 +71,6 @@ def ray_checkpoint_name(epoch: int, step: int | None = None) -> str:
     """The directory name Ray Train gives the checkpoint of ``epoch`` (or, mid-epoch, of ``epoch``
     after ``step`` steps of it) inside a run directory."""
     return f"checkpoint_epoch_{epoch:05d}" if step is None else f"checkpoint_mid_epoch_{epoch:05d}_step_{step:06d}"
-
-
-def jsonable(value: Any) -> Any:
-    """A metric value as JSON holds it (tensors as numbers, NaN/inf as null)."""
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 @dataclass
@@ -274,4 +265,4 @@ def cleanup_failed(layout: RunLayout, created: bool, run: Callable[[], Any]) -> 
 
 
 __all__ = ["RunLayout", "run_name", "run_root", "ray_checkpoint_name", "read_metrics", "find_checkpoint", "guard_new_run",
-           "cleanup_failed", "jsonable", "warn", "CONFIG_FILE", "METRICS_FILE", "STATE_FILE"]
+           "cleanup_failed", "warn", "CONFIG_FILE", "METRICS_FILE", "STATE_FILE"]

@@ -30,7 +30,8 @@ from jigclu.launch import prepare
 from jigclu.ray_session import (driver_resources, init_ray, placement_groups,  # sets Ray's env defaults
                                 remove_orphaned_worker_groups)
 from jigclu.ray_train import ray_storage, root_cause, state_from
-from jigclu.runs import RunLayout, jsonable
+from jigclu.runs import RunLayout
+from jigclu.values import jsonable
 from tune.layout import BUDGET_STOPPED, FAILED, SAMPLED, TRIAL_PREFIX, SweepLayout
 from jigclu import storage
 from jigclu.storage import check_writable, read_text, write_atomic

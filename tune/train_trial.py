@@ -42,7 +42,8 @@ from jigclu.config import RunConfig
 from jigclu.errors import JigcluError, warn
 from jigclu.ray_session import prepare_elastic_run, release_reservations, remove_left_groups
 from jigclu.ray_train import KEEP_SCORE, make_trainer
-from jigclu.runs import STATE_FILE, RunLayout, jsonable, ray_checkpoint_name
+from jigclu.runs import STATE_FILE, RunLayout, ray_checkpoint_name
+from jigclu.values import jsonable
 from tune.layout import POINTER, TRAIN_RUNS
 from tune.space import Sweep
 

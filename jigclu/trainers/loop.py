@@ -28,7 +28,7 @@ from jigclu.data.loader import ShardSampler
 from jigclu.errors import ConfigError, TrainingError
 from jigclu.preempt import Preempted
 from jigclu.progress import TrainProgress
-from jigclu.runs import jsonable
+from jigclu.values import jsonable
 from jigclu.trainers.common import rng_state, seed_everything, set_rng_state
 
 StepResult = tuple[Tensor, dict[str, Any], int]

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 from tune.report.data import SweepData
 from tune.report.seeds import against_spread
 from tune.spec import milestones
-from tune.report.trial import clean, finite, finite_int
+from jigclu.values import jsonable as clean
+from tune.report.trial import finite, finite_int
 
 # metrics scored on the held-out split (the monitor's knn/probe, a downstream trainer's val_*); not
 # the training losses

@@ -17,7 +17,8 @@ from statistics import mean, stdev
 from typing import Any
 
 from tune.report.data import SweepData
-from tune.report.trial import Trial, clean, finite_int
+from jigclu.values import jsonable as clean
+from tune.report.trial import Trial, finite_int
 
 
 def t_quantile(confidence: float, df: int) -> float:

@@ -19,7 +19,8 @@ from tune.report.importance import param_importances, skipped_importances
 from tune.report.seeds import seed_stats
 from tune.report.science import (is_legacy, margins, rung_correlation, schedules, selection, selection_messages,
                                  test_entry)
-from tune.report.trial import STATUS_LABELS, STATUSES, Trial, clean
+from jigclu.values import jsonable as clean
+from tune.report.trial import STATUS_LABELS, STATUSES, Trial
 
 EXIT_OK = 0
 EXIT_UNREADABLE = 2

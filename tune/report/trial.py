@@ -154,12 +154,3 @@ def finite_int(value: Any) -> int | None:
     """:func:`finite`, truncated to an int."""
     number = finite(value)
     return int(number) if number is not None else None
-
-
-def clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN and infinities to None."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
