@@ -16,6 +16,7 @@ import yaml
 from jigclu import cluster
 from jigclu.cluster import ValidationIssue, render, validate_files, validate_text
 from jigclu.errors import ConfigError
+from jigclu.secrets import account_id_matches, secret_matches
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTERS = REPO / "clusters"
@@ -109,8 +110,8 @@ def test_shipped_files_name_no_local_path_or_real_account(path):
     # Absolute paths may only be ones that exist on every cloud node / in AWS's catalogue.
     absolute = re.findall(r"(?<![\w:./~${}-])/[A-Za-z][\w.-]*(?:/[\w.-]+)*", text)
     assert [p for p in absolute if not p.startswith(("/dev/", "/aws/service/"))] == []
-    assert not cluster._account_id_matches(text)
-    assert not cluster._secret_matches(text)
+    assert not account_id_matches(text)
+    assert not secret_matches(text)
 
 
 # ---------------------------------------------------------------- broken launcher configs

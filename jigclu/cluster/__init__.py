@@ -27,8 +27,6 @@ from jigclu.cluster.issues import ValidationIssue, format_key_path
 from jigclu.cluster.paths import clusters_dir, default_cluster_files
 from jigclu.cluster.templates import DEFAULT_GPU, GPU_TYPES, GpuShape, GpuType, render
 from jigclu.cluster.validate import validate_document, validate_files, validate_text
-from jigclu.secrets import account_id_matches as _account_id_matches  # the tests' old names
-from jigclu.secrets import secret_matches as _secret_matches
 
 __all__ = [
     "ValidationIssue",
