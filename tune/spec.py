@@ -107,4 +107,22 @@ class SweepSpec(BaseModel):
         return self.rung_metric or ("knn_top1" if self.objective == "linear_probe" else self.default_metric())
 
 
-__all__ = ["PBT_MUTABLE", "RepeatSpec", "ResourcesSpec", "SchedulerSpec", "SweepSpec", "milestones"]
+def saved_spec(definition: dict[str, Any]) -> SweepSpec:
+    """The spec of a saved ``sweep.yaml``, read leniently (the report reads sweeps of any age): keys
+    this version does not know are dropped, and a key whose value does not validate any more takes
+    its default, so every default (metric, rung metric, searcher, mode, scheduler) is this module's."""
+    from pydantic import ValidationError
+
+    known = {k: v for k, v in definition.items() if k in SweepSpec.model_fields} if isinstance(definition, dict) else {}
+    for _ in range(len(known) + 1):
+        try:
+            return SweepSpec.model_validate(known)
+        except ValidationError as exc:
+            bad = {err["loc"][0] for err in exc.errors() if err.get("loc")}
+            if not bad & set(known):
+                break
+            known = {k: v for k, v in known.items() if k not in bad}
+    return SweepSpec()
+
+
+__all__ = ["PBT_MUTABLE", "RepeatSpec", "ResourcesSpec", "SchedulerSpec", "SweepSpec", "milestones", "saved_spec"]

@@ -77,35 +77,37 @@ class SweepData:
         return str(self.definition.get("task") or "pretrain")
 
     @property
+    def spec(self) -> Any:
+        """The definition as this version's :class:`~tune.spec.SweepSpec` (:func:`~tune.spec.saved_spec`):
+        its defaults, not a copy of them."""
+        from tune.spec import saved_spec
+
+        if not hasattr(self, "_spec"):
+            self._spec = saved_spec(self.definition)
+        return self._spec
+
+    @property
     def metric(self) -> str:
-        metric = self.definition.get("metric")
-        if metric:
-            return str(metric)
-        if self.objective == "linear_probe":
-            return "probe_top1"
-        return "knn_top1" if self.task == "pretrain" else "val_top1"
+        return self.spec.default_metric()
 
     @property
     def objective(self) -> str:
         """``metric`` (the sweep ranks by its metric) or ``linear_probe`` (by probe_top1)."""
-        return "linear_probe" if self.definition.get("objective") == "linear_probe" else "metric"
+        return self.spec.objective
 
     @property
     def rung_metric(self) -> str:
-        """The metric ASHA compares at its rungs: the one sweep.yaml names, else knn_top1 for the
-        linear_probe objective (the probe is costly: it may be scored only at the end), else the metric
-        (:meth:`tune.space.SweepSpec.default_rung_metric`)."""
-        named = self.definition.get("rung_metric")
-        return str(named) if named else "knn_top1" if self.objective == "linear_probe" else self.metric
+        """The metric ASHA (or the promotion scheduler) compares at its rungs."""
+        return self.spec.default_rung_metric()
 
     @property
     def searcher(self) -> str:
         """``tpe`` (Optuna's default sampler) or ``random`` (Optuna's seeded RandomSampler)."""
-        return "random" if self.definition.get("searcher") == "random" else "tpe"
+        return self.spec.searcher
 
     @property
     def scheduler_type(self) -> str:
-        return str(self.scheduler.get("type") or "asha")
+        return self.spec.scheduler.type
 
     @property
     def val_size(self) -> int | float | None:
@@ -119,7 +121,7 @@ class SweepData:
 
     @property
     def mode(self) -> str:
-        return "min" if self.definition.get("mode") == "min" else "max"
+        return self.spec.mode
 
     @property
     def scheduler(self) -> dict[str, Any]:
@@ -346,10 +348,10 @@ def saved_max_t(definition: dict[str, Any], location: str | None = None,
     """The ``max_t`` of a saved sweep definition (sweep.yaml), by the sweep's own rule
     (:attr:`tune.space.Sweep.max_t`: the scheduler's ``max_t``, else the trainer's epochs)."""
     try:
-        from tune.space import Sweep, SweepSpec
+        from tune.space import Sweep
+        from tune.spec import saved_spec
 
-        spec = SweepSpec.model_validate({k: v for k, v in definition.items() if k in SweepSpec.model_fields})
-        return int(Sweep(spec, definition.get("config") or {}, []).max_t)
+        return int(Sweep(saved_spec(definition), definition.get("config") or {}, []).max_t)
     except Exception:  # noqa: BLE001 - an older or hand-edited sweep.yaml: the same rule, read by hand
         pass
     scheduler = definition.get("scheduler") if isinstance(definition.get("scheduler"), dict) else {}
