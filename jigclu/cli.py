@@ -145,9 +145,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if pretrained:  # a downstream sweep of another sweep's trial or winner: its checkpoint file, in sweep.yaml
         sweep.base["eval"]["pretrained"] = sweep_checkpoint(str(pretrained))
     if args.dry_run:
-        from jigclu.launch import check_storage_syntax
+        from jigclu import storage
 
-        check_storage_syntax(sweep.spec.storage or sweep.spec.output_dir)
+        storage.check_syntax(sweep.spec.storage or sweep.spec.output_dir)
         _check_dataset(str((sweep.base.get("data") or {}).get("dataset", "digits")))
         print_dry_run(f"sweep {sweep.spec.name}", sweep.to_dict())
         return 0

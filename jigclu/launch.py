@@ -8,33 +8,16 @@ or else ``output_dir``, at ``<root>/<name>`` (:class:`jigclu.runs.RunLayout`).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from jigclu import storage
 from jigclu.config import RunConfig
 from jigclu.context import LocalContext, resolve_device
 from jigclu.data.stream import choose_loader
-from jigclu.errors import ConfigError
 from jigclu.preempt import stop_on_sigterm
 from jigclu.progress import Display
 from jigclu.runs import RunLayout, cleanup_failed, guard_new_run, run_name, run_root
 from jigclu.trainers import DOWNSTREAM, run_task, task_class
-
-SCHEMES = ("file", "s3", "gs", "gcs")
-
-
-def check_storage_syntax(location: str, key: str = "storage") -> None:
-    """A storage location jigclu can write: a path or a URI of a known scheme (checked offline)."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", location)
-    if match is None:
-        return
-    scheme, rest = match.group(1).lower(), match.group(2)
-    if scheme not in SCHEMES:
-        raise ConfigError(f"{key} {location}: unknown scheme '{scheme}://' (use a local path, file://, s3:// or gs://)")
-    if scheme != "file" and not rest.split("?", 1)[0].strip("/"):
-        raise ConfigError(f"{key} {location}: no bucket named")
-
 
 def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = None) -> RunConfig:
     """Everything that can be checked before anything starts, applied to ``cfg``.
@@ -54,7 +37,7 @@ def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = No
             (notify or print)(note)
         cfg = resolve_eval(cfg, task)
     cfg.name = run_name(task, cfg.name)
-    check_storage_syntax(run_root(cfg))
+    storage.check_syntax(run_root(cfg))
     cfg.data.loader = choose_loader(task, cfg)  # the saved config says which loader ran
     return cfg
 
@@ -81,4 +64,4 @@ def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = F
     return summary
 
 
-__all__ = ["launch", "prepare", "check_storage_syntax"]
+__all__ = ["launch", "prepare"]

@@ -38,7 +38,8 @@ _TRANSIENT = re.compile(r"NETWORK_CONNECTION|curlCode|couldn't connect|connectio
                         r"timed out|timeout|SERVICE_UNAVAILABLE|slow ?down|\b503\b|INTERNAL_FAILURE|broken pipe", re.I)
 T = TypeVar("T")
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+SCHEMES = ("file", "s3", "gs", "gcs")  # what jigclu reads and writes
 
 
 class StorageError(ConfigError):
@@ -48,6 +49,19 @@ class StorageError(ConfigError):
 def is_uri(location: str | Path) -> bool:
     """Whether ``location`` carries a scheme (``s3://...``, ``file:///...``)."""
     return bool(_SCHEME.match(str(location)))
+
+
+def check_syntax(location: str, key: str = "storage") -> None:
+    """A location jigclu can write: a path or a URI of a known scheme naming a bucket (checked
+    offline, before anything starts)."""
+    match = _SCHEME.match(location)
+    if match is None:
+        return
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"{key} {location}: unknown scheme '{scheme}://' (use a local path, file://, s3:// or gs://)")
+    if scheme != "file" and not rest.split("?", 1)[0].strip("/"):
+        raise ConfigError(f"{key} {location}: no bucket named")
 
 
 def is_local(location: str | Path) -> bool:
@@ -350,4 +364,4 @@ def _first_line(exc: BaseException) -> str:
 
 __all__ = ["StorageError", "retrying", "is_uri", "is_local", "local_path", "normalise", "join", "parent", "resolve", "display",
            "exists", "is_file", "is_dir", "mtime", "read_bytes", "read_text", "write_atomic", "write_atomic_with",
-           "append_line", "list_dir", "delete", "move", "download", "check_writable"]
+           "append_line", "list_dir", "delete", "move", "download", "check_writable", "check_syntax", "SCHEMES"]
