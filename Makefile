@@ -15,7 +15,7 @@ help:
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the speed benchmarks (writes benchmarks/RESULTS.md)"
 	@echo "make bench-quality - set up, then the quality table: ablation, JigClu vs SimCLR at equal time, probe table (RESULTS.md; ~80 min)"
-	@echo "make bench-sweeps - set up, then a full sweep vs ASHA vs promotion on 27 configs x 3 seeds (RESULTS.md; ~45 min, resumable)"
+	@echo "make bench-sweeps - set up, then a full sweep vs ASHA vs promotion on 27 configs x 3 seeds (RESULTS.md; ~75 min, resumable)"
 	@echo "make bench-stream - set up, then peak RSS per Ray Train worker and img/s, in-memory vs Ray Data, 12k/120k images (RESULTS.md; ~15 min)"
 	@echo "make faults - set up, then run the fault matrix (faults injected from outside; ~8 min)"
 	@echo "make gpu-check - set up, then check the CUDA path (2-rank global montage, augment, bf16, img/s, memory)"
@@ -75,7 +75,8 @@ bench: setup
 bench-quality: setup
 	$(BIN)/python benchmarks/quality.py
 
-# ASHA vs a full sweep on the same 12 configs, Spearman of the first rung, seed spread (~15 min on 2 cores)
+# Full sweep (3 seeds: the true values) vs ASHA and the promotion scheduler, kNN or probe at the rungs, on the
+# same 27 configs; Spearman per rung (~75 min on 2 AVX512 cores; resumable: bench-results/sweeps)
 bench-sweeps: setup
 	$(BIN)/python benchmarks/asha_vs_full.py
 

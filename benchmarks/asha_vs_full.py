@@ -8,8 +8,13 @@ installed), shrunk to a short budget, run as:
 - **full**: FIFO, every config to its last epoch, with seeds 0, 1 and 2 (three sweeps): a config's
   *true value* is its mean final objective over the three seeds, and the pooled seed standard
   deviation is the noise a pick is judged against;
-- **ASHA**: Ray's ASHA (it stops the trials behind at a rung), seed 0;
-- **promote**: the promotion scheduler (pause at rungs, resume the best ``1/eta``), seed 0.
+- **ASHA**: Ray's ASHA (it stops the trials behind at a rung), seed 0, with kNN and with the probe at
+  the rungs;
+- **promote**: the promotion scheduler (pause at rungs, resume the best ``1/eta``), seed 0, with kNN
+  and with the probe at the rungs.
+
+Repeats are off in every sweep (each trial is one draw of the sampler, so every sweep runs the same
+configs): the three full sweeps are the repeats.
 
 Each sweep picks the config with the best final objective among its trials that ran every epoch
 (as a sweep without repeats does). Reported: the trial-epochs each used, the true value of its pick
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -48,9 +54,19 @@ def sweep_file() -> Path:
     return common.REPO_ROOT / "tune" / "configs" / name
 
 
-def overrides(name: str, output_dir: str, scheduler: str, seed: int) -> list[str]:
+ARMS = {  # name: (label, scheduler, rung metric)
+    "full": ("full (FIFO)", "none", "knn_top1"),
+    "asha": ("ASHA (stop), kNN rungs", "asha", "knn_top1"),
+    "asha-probe": ("ASHA (stop), probe rungs", "asha", OBJECTIVE),
+    "promote": ("promotion (pause), kNN rungs", "promote", "knn_top1"),
+    "promote-probe": ("promotion (pause), probe rungs", "promote", OBJECTIVE),
+}
+
+
+def overrides(name: str, output_dir: str, scheduler: str, seed: int, rung_metric: str) -> list[str]:
     return [f"name={name}", f"output_dir={output_dir}", f"num_samples={CONFIGS}", f"max_concurrent={CONCURRENT}",
-            "searcher=random", "objective=linear_probe", "time_budget_s=null", "test_top_k=0",
+            "searcher=random", "objective=linear_probe", "time_budget_s=null", "test_top_k=0", "repeats=null",
+            f"rung_metric={rung_metric}",
             f"scheduler.type={scheduler}", "scheduler.grace_period=1", f"scheduler.reduction_factor={ETA}",
             f"config.seed={seed}", f"config.train.epochs={EPOCHS}", "config.train.progress=false",
             "config.data.limit=2400", "config.monitor.train_limit=1500", "config.monitor.test_limit=1000"]
@@ -61,16 +77,22 @@ def rows(trial_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def run(scheduler: str, seed: int, results: Path) -> dict[str, Any]:
+def run(arm: str, seed: int, results: Path) -> dict[str, Any]:
     """One sweep (continued if an earlier run of the benchmark left it unfinished): config -> rows."""
     from tune.space import load_sweep
     from tune.sweep import run_sweep
 
-    name = f"bench-{scheduler}-s{seed}"
+    _, scheduler, rung_metric = ARMS[arm]
+    name = f"bench-{arm}-s{seed}"
     done = results / f"{name}.done.json"
+    settings = overrides(name, str(results), scheduler, seed, rung_metric)[2:]  # not the name, not the folder
+    recorded = results / f"{name}.settings.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != settings:
+        raise SystemExit(f"bench-sweeps: {results / name} was run with other settings; remove it to run it again")
     if not done.exists():
-        common.progress(f"sweeps: {CONFIGS} configs x {EPOCHS} epochs, scheduler {scheduler}, seed {seed}")
-        sweep = load_sweep(sweep_file(), overrides(name, str(results), scheduler, seed))
+        common.progress(f"sweeps: {CONFIGS} configs x {EPOCHS} epochs, {ARMS[arm][0]}, seed {seed}")
+        recorded.write_text(json.dumps(settings))
+        sweep = load_sweep(sweep_file(), overrides(name, str(results), scheduler, seed, rung_metric))
         summary = run_sweep(sweep, resume=(results / name).exists(), progress=False, num_cpus=CONCURRENT)
         done.write_text(json.dumps({"wall_s": summary["wall_s"], "errored": summary["errored"]}))
     trials = {}
@@ -93,8 +115,8 @@ def measure(results: Path) -> dict[str, Any]:
     from tune.spec import milestones
 
     init_ray(num_cpus=CONCURRENT)
-    full = {s: run("none", s, results) for s in SEEDS}
-    arms = {"full": full[SEEDS[0]], "asha": run("asha", SEEDS[0], results), "promote": run("promote", SEEDS[0], results)}
+    full = {s: run("full", s, results) for s in SEEDS}
+    arms = {"full": full[SEEDS[0]], **{arm: run(arm, SEEDS[0], results) for arm in ARMS if arm != "full"}}
     configs = sorted(set.intersection(*(set(f["trials"]) for f in full.values())))
     # a run the collapse rule stopped early counts with its last value: that is what the config gave
     finals = {c: [full[s]["trials"][c][-1][OBJECTIVE] for s in SEEDS
@@ -116,45 +138,57 @@ def measure(results: Path) -> dict[str, Any]:
             "best_true": max(true.values()) if true else None, "n_true": len(true)}
 
 
+def halving_floor() -> int:
+    """The fewest trial-epochs successive halving spends on ``CONFIGS`` configs: ``ceil(n / eta^k)``
+    configs train from rung ``k - 1`` to rung ``k`` (epoch ``EPOCHS`` the last)."""
+    from tune.spec import milestones
+
+    edges = [0, *milestones(1, ETA, EPOCHS), EPOCHS]
+    return sum(math.ceil(CONFIGS / ETA ** k) * (hi - lo) for k, (lo, hi) in enumerate(zip(edges, edges[1:])))
+
+
 def section(res: dict[str, Any], info: dict[str, str]) -> str:
-    arms, true, best = res["arms"], res["true"], res["best_true"]
+    arms, true, best, noise = res["arms"], res["true"], res["best_true"], res["noise"]
     base = arms["full"]["trial_epochs"]
-    table, verdicts = [], {}
-    for name, label in (("full", "full (FIFO)"), ("asha", "ASHA (stop, kNN rungs)"),
-                        ("promote", "promotion (pause, kNN rungs)")):
+    full_value = true.get(res["picks"]["full"]) if res["picks"]["full"] else None
+    within = max(noise or 0.0, 1.0)
+    table, met = [], {}
+    for name, (label, _, _) in ARMS.items():
         arm, chosen = arms[name], res["picks"][name]
         value = true.get(chosen) if chosen else None
-        gap = best - value if value is not None and best is not None else None
         share = arm["trial_epochs"] / max(base, 1)
-        verdicts[name] = (value, share)
+        behind = full_value - value if value is not None and full_value is not None else None
+        if name != "full":
+            met[label] = behind is not None and behind <= within and share <= 0.4
         table.append([label, f"{arm['trial_epochs']} ({share:.0%})",
                       str(sum(len(h) == EPOCHS for h in arm["trials"].values())),
                       f"{arm['trials'][chosen][-1][OBJECTIVE]:.2f}" if chosen else "-",
-                      f"{value:.2f}" if value is not None else "-", f"{gap:.2f}" if gap is not None else "-",
-                      common.fmt_s(arm["wall_s"])])
-    full_value, noise = verdicts["full"][0], res["noise"]
-    promo_value, promo_share = verdicts["promote"]
-    within = max(noise or 0.0, 1.0)
-    ok = promo_value is not None and full_value is not None and full_value - promo_value <= within \
-        and promo_share <= 0.4
-    asha_value, asha_share = verdicts["asha"]
+                      f"{value:.2f}" if value is not None else "-",
+                      f"{best - value:.2f}" if value is not None else "-",
+                      "-" if name == "full" else f"{behind:+.2f}" if behind is not None else "-",
+                      "" if name == "full" else common.verdict(met[label]), common.fmt_s(arm["wall_s"])])
+    floor = halving_floor()
     rung_lines = [f"| {r['epoch']} | {r['metric']} | {r['n']} | " + (f"{r['rho']:.2f}" if r["rho"] is not None else "n/a")
                   + " |" for r in res["rungs"]]
     return "\n".join([
         f"`{sweep_file().name}` shrunk to {CONFIGS} configurations (Optuna's seeded RandomSampler: the same configs "
         f"in every sweep: {'yes' if res['same_configs'] else '**no**'}) x {EPOCHS} epochs of 2,400 training images, "
-        f"{CONCURRENT} concurrent; objective: linear probe on frozen features ({OBJECTIVE}), validation split; ASHA "
-        f"and promotion: grace period 1, reduction factor {ETA}, kNN top-1 at the rungs. A config's **true value**: "
-        f"its mean final {OBJECTIVE} over the full sweeps with seeds {', '.join(map(str, SEEDS))} "
-        f"({res['n_true']} configs); best true value {best:.2f}; pooled seed sd **{noise:.2f}** points.",
+        f"{CONCURRENT} concurrent, no repeats; objective: linear probe on frozen features ({OBJECTIVE}), validation "
+        f"split; ASHA and promotion: grace period 1, reduction factor {ETA}. A config's **true value**: its mean "
+        f"final {OBJECTIVE} over the full sweeps with seeds {', '.join(map(str, SEEDS))} ({res['n_true']} configs); "
+        f"best true value {best:.2f}; pooled seed sd **{noise:.2f}** points.",
         "",
-        common.markdown_table(["sweep (seed 0)", "trial-epochs", "trials run to the end", "its pick: seed-0 value",
-                               "its pick: true value", "best true − pick", "wall"], table),
+        common.markdown_table(["sweep (seed 0)", "trial-epochs (of full)", "trials run to the end",
+                               "its pick: seed-0 value", "its pick: true value", "best true − pick",
+                               "full's pick − pick", "target", "wall"], table),
         "",
-        f"Target: the promotion scheduler's pick within the noise ({within:.2f} points: the seed sd, at least 1) "
-        f"of the full sweep's pick with <= 40% of its trial-epochs: {common.verdict(ok)} "
-        f"({'-' if promo_value is None else f'{full_value - promo_value:+.2f}'} points, {promo_share:.0%}). "
-        f"ASHA: {'-' if asha_value is None else f'{full_value - asha_value:+.2f}'} points with {asha_share:.0%}.",
+        f"Target: a pick within the noise ({within:.2f} points: the pooled seed sd, at least 1) of the full sweep's "
+        f"pick's true value, with <= 40% of its trial-epochs. Met by: "
+        f"{', '.join(k for k, v in met.items() if v) or 'none'}. Successive halving at this horizon cannot use "
+        f"fewer than {floor} trial-epochs ({floor / max(base, 1):.0%} of the full sweep's): every config's first "
+        f"epoch, 1/{ETA} of them on to the next rung, and so on to epoch {EPOCHS}; 40% needs a longer horizon or a "
+        f"larger reduction factor. ASHA and the promotion scheduler used more than that floor because a trial "
+        f"already in the top 1/{ETA} of what its rung has seen goes on without waiting (asynchronous promotion).",
         "",
         "Which rung metric predicts the objective: Spearman's rank correlation with the true value, over the "
         "seed-0 full sweep's configs.",
