@@ -55,8 +55,8 @@ test-fast: setup
 	$(BIN)/python -m pytest tests -m "not ray and not slow" $(PYTEST_ARGS)
 
 # The demo is the main job: a small real sweep (TPE + the promotion scheduler, then its two leaders
-# re-run with two more seeds each) and its report: 6 min 34 s on 2 AVX-512 cores (rungs on the probe); its 400 s budget bounds
-# it on slower CPUs too (not yet timed on AVX2).
+# re-run with two more seeds each) and its report: 6 min 34 s on 2 AVX-512 cores (rungs on the probe);
+# its 400 s budget bounds it on slower CPUs too (not yet timed on AVX2).
 DEMO_SWEEP = $(shell [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] && echo pretrain_fashion || echo pretrain_digits)
 
 demo: setup
