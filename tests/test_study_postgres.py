@@ -224,6 +224,7 @@ def kill_moment(driver: subprocess.Popen, sweep_dir: Path, conn, log: Path) -> l
 
 
 @pytest.mark.slow  # about 90 s on 2 CPU cores
+@pytest.mark.faults  # a fault row (a SIGKILLed sweep driver): in `make faults`, left out of `make test` (its budget)
 @pytest.mark.ray  # the sweep starts its own local Ray in the child process
 def test_sweep_study_on_postgres_survives_a_killed_driver(postgres, tmp_path, monkeypatch):
     import optuna
