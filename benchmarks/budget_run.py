@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 import common  # noqa: F401  (sibling module; puts the repository on sys.path)
-from equal_time import JigCluMethod, SimCLRMethod, SupervisedMethod, train_for_budget
+from equal_time import SupervisedMethod, train_for_budget
 from jigclu.checkpoint import save_checkpoint
 from jigclu.config import load_config
 from jigclu.data import load_dataset
 from jigclu.errors import JigcluError
+from jigclu.methods import build_method
 from jigclu.models import ResNetBackbone
 from jigclu.probe import linear_probe
 from jigclu.trainers.knn import KnnMonitor, knn_predict, topk_accuracy
@@ -98,12 +99,9 @@ class MinuteLog:
             print(f"{self.label}: {self.shown}/{budget / 60:g} min", flush=True)
 
 
-def build(method: str, cfg: Any, num_classes: int, temperature: float) -> torch.nn.Module:
-    if method == "jigclu":
-        return JigCluMethod(cfg)
-    if method == "simclr":
-        return SimCLRMethod(cfg, temperature)
-    return SupervisedMethod(cfg, num_classes)
+def build(method: str, cfg: Any, num_classes: int) -> torch.nn.Module:
+    """The library's pretraining method (``jigclu.methods``), or the supervised reference."""
+    return SupervisedMethod(cfg, num_classes) if method == "supervised" else build_method(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        cfg = load_config(args.config, args.overrides)
+        method_keys = [] if args.method == "supervised" else [f"method={args.method}"]
+        if args.method == "simclr":
+            method_keys.append(f"loss.temperature={args.simclr_temperature}")  # SupClu and NT-Xent are tuned apart
+        cfg = load_config(args.config, [*args.overrides, *method_keys])
     except JigcluError as exc:
         print(f"budget_run: {exc}", file=sys.stderr)
         return 2
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = [p for p in points if p > 0]
     if trained:
         torch.manual_seed(cfg.seed)
-        method = build(args.method, cfg, train.num_classes, args.simclr_temperature)
+        method = build(args.method, cfg, train.num_classes)
         run = train_for_budget(method, train.images, trained, batch_size=cfg.data.batch_size, lr=cfg.optim.lr,
                                weight_decay=cfg.optim.weight_decay, seed=cfg.seed,
                                labels=train.labels if args.method == "supervised" else None,

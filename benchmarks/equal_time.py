@@ -7,11 +7,11 @@ momentum and a cosine schedule, and the data order. The schedule runs on *elapse
 Snapshots of the backbone are kept at the budget points (e.g. 5/10/20/30 min) and scored after
 training, so evaluation time never eats into the budget.
 
-* JigClu step: exactly the trainer's (``make_montages`` + ``jigclu_losses``, local montages).
-* SimCLR step (Chen et al., ICML 2020): two views of each whole image through the same
-  ``PatchAugment`` (box = the whole image, out size = the montage side), the same MLP head as
-  JigClu's clustering head, NT-Xent over the 2N views (``jigclu.losses.nt_xent``).
-* supervised reference: one view per image, a linear classifier, cross-entropy on the labels.
+* JigClu and SimCLR: the library's methods (``jigclu.methods``, ``method: jigclu|simclr``), exactly
+  the pretraining trainer's steps; SimCLR takes two views of each whole image through the same
+  ``PatchAugment`` (out size = the montage side) and NT-Xent at its own ``loss.temperature``.
+* supervised reference (here, not a pretraining method): one view per image, a linear classifier,
+  cross-entropy on the labels.
 """
 
 from __future__ import annotations
@@ -28,58 +28,8 @@ from torch import Tensor
 
 from jigclu.config import RunConfig
 from jigclu.jigsaw import step_seed
-from jigclu.losses import JigCluLoss, nt_xent
-from jigclu.models import ClusteringHead, ResNetBackbone
-from jigclu.trainers.pretrain import build_augment, build_model, jigclu_losses, make_montages
-
-
-class JigCluMethod(nn.Module):
-    """One JigClu training step on a uint8 batch (the pretraining trainer's step, local montages)."""
-
-    name = "JigClu"
-
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.model = build_model(cfg)
-        self.augment = build_augment(cfg)
-        self.criterion = JigCluLoss(cfg.loss.w_clu, cfg.loss.w_loc, cfg.loss.temperature)
-
-    @property
-    def backbone(self) -> ResNetBackbone:
-        return self.model.backbone
-
-    def loss(self, images: Tensor, seed: int, labels: Tensor | None = None) -> Tensor:
-        cfg = self.cfg
-        montages, perm, total = make_montages(images, self.augment, cfg.model.grid, cfg.jigsaw.cross_ratio, seed, "local")
-        return jigclu_losses(self.model, self.criterion, montages, perm, total)["loss"]
-
-
-class SimCLRMethod(nn.Module):
-    """One SimCLR step: two augmented views of each image, NT-Xent at ``temperature`` (not JigClu's
-    ``loss.temperature``: SupClu and NT-Xent are tuned apart)."""
-
-    name = "SimCLR"
-
-    def __init__(self, cfg: RunConfig, temperature: float = 0.2) -> None:
-        super().__init__()
-        self.cfg, self.temperature = cfg, temperature
-        self.model = nn.Module()
-        self.model.backbone = ResNetBackbone(cfg.model.arch, cfg.model.width)  # type: ignore[arg-type]
-        self.model.head = ClusteringHead(self.model.backbone.feature_dim, cfg.model.proj_dim)
-        self.augment = build_augment(cfg, cfg.jigsaw.crop_size)
-
-    @property
-    def backbone(self) -> ResNetBackbone:
-        return self.model.backbone  # type: ignore[return-value]
-
-    def loss(self, images: Tensor, seed: int, labels: Tensor | None = None) -> Tensor:
-        n, _, h, w = images.shape
-        src = torch.arange(n).repeat(2)
-        boxes = torch.tensor([[0.0, 0.0, float(w), float(h)]]).expand(2 * n, 4)
-        views = self.augment(images, src, boxes, torch.Generator().manual_seed(seed))
-        z = self.model.head(self.model.backbone(views))
-        return nt_xent(z, self.temperature)
+from jigclu.methods import build_augment
+from jigclu.models import ResNetBackbone
 
 
 class SupervisedMethod(nn.Module):
@@ -99,13 +49,13 @@ class SupervisedMethod(nn.Module):
     def backbone(self) -> ResNetBackbone:
         return self.model.backbone  # type: ignore[return-value]
 
-    def loss(self, images: Tensor, seed: int, labels: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, seed: int, labels: Tensor | None = None) -> dict[str, Tensor]:
         if labels is None:
             raise ValueError("the supervised reference needs labels")
         n, _, h, w = images.shape
         boxes = torch.tensor([[0.0, 0.0, float(w), float(h)]]).expand(n, 4)
         views = self.augment(images, torch.arange(n), boxes, torch.Generator().manual_seed(seed))
-        return F.cross_entropy(self.model.fc(self.model.backbone(views)), labels)
+        return {"loss": F.cross_entropy(self.model.fc(self.model.backbone(views)), labels)}
 
 
 @dataclass
@@ -130,7 +80,8 @@ def train_for_budget(method: nn.Module, images: Tensor, points_min: list[float],
                      weight_decay: float, seed: int, warmup_frac: float = 0.05,
                      labels: Tensor | None = None,
                      progress: Callable[[float, float], None] | None = None) -> BudgetRun:
-    """Train ``method`` on uint8 ``images`` until the last budget point (minutes of wall clock,
+    """Train ``method`` (a :class:`jigclu.methods.Method`, or the supervised reference with ``labels``)
+    on uint8 ``images`` until the last budget point (minutes of wall clock,
     training only); keep a copy of the backbone at each point. lr is per 256 images."""
     torch.manual_seed(seed)
     budget = 60.0 * max(points_min)
@@ -149,7 +100,9 @@ def train_for_budget(method: nn.Module, images: Tensor, points_min: list[float],
         pos += batch_size
         for g, b in zip(opt.param_groups, base):
             g["lr"] = b * time_lr(elapsed, budget, warmup_frac * budget)
-        loss = method.loss(images[idx], step_seed(seed, 0, run.steps), None if labels is None else labels[idx])
+        seed_of_step = step_seed(seed, 0, run.steps)
+        out = method(images[idx], seed_of_step) if labels is None else method(images[idx], seed_of_step, labels[idx])
+        loss = out["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -169,5 +122,5 @@ def train_for_budget(method: nn.Module, images: Tensor, points_min: list[float],
     return run
 
 
-__all__ = ["JigCluMethod", "SimCLRMethod", "SupervisedMethod", "train_for_budget", "time_lr", "BudgetRun"]
+__all__ = ["SupervisedMethod", "train_for_budget", "time_lr", "BudgetRun"]
 

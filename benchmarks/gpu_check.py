@@ -41,8 +41,9 @@ from jigclu import montage_check  # noqa: E402
 from jigclu.augment import PatchAugment  # noqa: E402
 from jigclu.config import RunConfig, load_config  # noqa: E402
 from jigclu.jigsaw import patch_layout  # noqa: E402
-from jigclu.losses import JigCluLoss  # noqa: E402
-from jigclu.trainers.pretrain import PretrainTask, build_model, jigclu_losses, make_montages  # noqa: E402
+from jigclu.methods import build_method  # noqa: E402
+from jigclu.methods.jigclu import jigclu_losses, make_montages  # noqa: E402
+from jigclu.trainers.pretrain import PretrainTask  # noqa: E402
 
 NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing to check"
 DEMO, R50 = common.REPO_ROOT / "configs" / "demo.yaml", common.REPO_ROOT / "configs" / "paper_imagenet_r50.yaml"
@@ -145,10 +146,8 @@ def pretrain_task(cfg: RunConfig, device: torch.device) -> PretrainTask:
     SGD), without the dataset, the loader and the kNN monitor: batches here are synthetic."""
     task = PretrainTask()
     task.cfg, task.device, task.global_batch = cfg, device, cfg.data.batch_size
-    task.model = task.trained = build_model(cfg).to(device)
-    task.model.gather_features = cfg.jigsaw.montage_scope == "global"
-    task.augment = PatchAugment(cfg.patch_size, enabled=cfg.jigsaw.augment).to(device)
-    task.criterion = JigCluLoss(cfg.loss.w_clu, cfg.loss.w_loc, cfg.loss.temperature)
+    task.method = task.trained = build_method(cfg).to(device)
+    task.model = task.method.model
     task.optimizer = torch.optim.SGD(task.model.parameters(), lr=cfg.effective_lr(),
                                      momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     return task
@@ -168,12 +167,13 @@ def train_step(task: PretrainTask, images: torch.Tensor, step: int) -> float:
 def bf16_row(device: torch.device, cfg: RunConfig, shape: tuple[int, int]) -> Check:
     task = pretrain_task(cfg, device)
     images = source_batch(cfg, shape).to(device)
-    montages, perm, total = make_montages(images, task.augment, cfg.model.grid, cfg.jigsaw.cross_ratio, 0,
+    method = task.method
+    montages, perm, total = make_montages(images, method.augment, cfg.model.grid, cfg.jigsaw.cross_ratio, 0,
                                           cfg.jigsaw.montage_scope)
     results = {}
     for amp in ("none", "bf16"):
         task.model.zero_grad(set_to_none=True)
-        out = jigclu_losses(task.model, task.criterion, montages, perm, total, amp)
+        out = jigclu_losses(task.model, method.criterion, montages, perm, total, amp)
         out["loss"].backward()
         grads = torch.cat([p.grad.flatten() for p in task.model.parameters() if p.grad is not None])
         results[amp] = (out["loss"].item(), grads.float())

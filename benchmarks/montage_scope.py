@@ -26,7 +26,7 @@ import common  # noqa: E402  (sibling module; puts the repository on sys.path)
 from jigclu.augment import PatchAugment  # noqa: E402
 from jigclu.losses import JigCluLoss  # noqa: E402
 from jigclu.models import JigCluModel  # noqa: E402
-from jigclu.trainers.pretrain import jigclu_losses, make_montages  # noqa: E402
+from jigclu.methods.jigclu import jigclu_losses, make_montages  # noqa: E402
 
 WORLD, GLOBAL_BATCH, CROP, GRID = 2, 128, 32, 2
 

@@ -38,7 +38,7 @@ from PIL import Image
 import common  # noqa: E402  (sibling module; puts the repository on sys.path)
 from jigclu.augment import PatchAugment  # noqa: E402
 from jigclu.jigsaw import patch_layout  # noqa: E402
-from jigclu.trainers.pretrain import make_montages  # noqa: E402
+from jigclu.methods.jigclu import make_montages  # noqa: E402
 from reference_pipeline import _synthetic_images, reference_transform  # noqa: E402
 
 TARGET = 5.0

@@ -32,7 +32,7 @@ from jigclu.augment import PatchAugment  # noqa: E402
 from jigclu.config import RunConfig  # noqa: E402
 from jigclu.jigsaw import patch_layout  # noqa: E402
 from jigclu.losses import JigCluLoss  # noqa: E402
-from jigclu.trainers.pretrain import build_model, jigclu_losses, make_montages  # noqa: E402
+from jigclu.methods.jigclu import build_model, jigclu_losses, make_montages  # noqa: E402
 from step_cost import synthetic_images  # noqa: E402
 
 OUT = common.BENCH_DIR / "profile_step.txt"

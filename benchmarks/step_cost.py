@@ -37,7 +37,8 @@ from jigclu.augment import IMAGENET_MEAN, IMAGENET_STD, PatchAugment, to_float_r
 from jigclu.config import RunConfig  # noqa: E402
 from jigclu.losses import JigCluLoss, nt_xent  # noqa: E402
 from jigclu.models import ResNetBackbone  # noqa: E402
-from jigclu.trainers.pretrain import build_augment, build_model, jigclu_losses, make_montages  # noqa: E402
+from jigclu.methods.jigclu import build_model, jigclu_losses, make_montages  # noqa: E402
+from jigclu.methods import build_augment  # noqa: E402
 
 TARGET_VS_SUPERVISED = 1.10
 TARGET_VS_TWO_VIEW = 0.60

@@ -87,7 +87,8 @@ class JigsawConfig(_Section):
 class LossConfig(_Section):
     w_clu: float = Field(1.0, ge=0.0)
     w_loc: float = Field(1.0, ge=0.0)
-    temperature: float = Field(0.3, gt=0.0, le=10.0)
+    temperature: float = Field(0.3, gt=0.0, le=10.0, description="SupClu's temperature (method jigclu), "
+                               "NT-Xent's (method simclr)")
 
     @model_validator(mode="after")
     def _some_weight(self) -> "LossConfig":
@@ -223,6 +224,10 @@ class RunConfig(_Section):
     storage: str | None = Field(None, description="Ray Train storage (local dir, s3://, gs://)")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    method: Literal["jigclu", "simclr"] = Field(
+        "jigclu", description="pretraining method (jigclu/methods/): jigclu, or simclr, the contrastive baseline "
+        "(two views per image, NT-Xent at loss.temperature; reads no model.grid, jigsaw.cross_ratio, "
+        "jigsaw.montage_scope, loss.w_clu, loss.w_loc)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     jigsaw: JigsawConfig = JigsawConfig()

@@ -1,7 +1,8 @@
-"""The global montage across workers equals one process: the step, the 2-process run, the comparison.
+"""The global batch across workers equals one process: the step, the 2-process run, the comparison.
 
-Two processes each hold half of a global batch. They gather patches, draw the same permutation,
-stitch their share of the montages and all-gather the per-patch features with gradient. Loss and
+Two processes each hold half of a global batch. For JigClu they gather patches, draw the same
+permutation, stitch their share of the montages and all-gather the per-patch features with
+gradient; for SimCLR (``Spec.method``) they all-gather the embeddings of their views. Loss and
 DDP-averaged gradients must match a single process that runs the whole batch with the same
 permutation. BatchNorm runs in eval mode and augmentation is off: per-worker batch statistics and
 per-worker augmentation seeds (``seed + rank``) are the things that legitimately differ between
@@ -29,10 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jigclu import dist
-from jigclu.augment import PatchAugment
-from jigclu.losses import JigCluLoss
-from jigclu.models import JigCluModel
-from jigclu.trainers.pretrain import jigclu_losses, make_montages
+from jigclu.config import RunConfig, load_config
+from jigclu.methods import build_method
 
 Result = tuple[float, dict[str, Tensor]]
 """``(loss, gradient of every named parameter, on the CPU)`` of one step."""
@@ -40,8 +39,9 @@ Result = tuple[float, dict[str, Tensor]]
 
 @dataclass(frozen=True)
 class Spec:
-    """The step both setups run: a narrow ResNet on small montages at one fixed step seed."""
+    """The step both setups run: a narrow ResNet on small montages (or views) at one fixed step seed."""
 
+    method: str = "jigclu"
     arch: str = "resnet18_small"
     width: int = 4
     proj_dim: int = 8
@@ -71,20 +71,24 @@ def ieee_fp32() -> Iterator[None]:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
+def step_config(spec: Spec, side: int, scope: str) -> RunConfig:
+    """The run config of ``spec`` for ``side`` px images, augmentation off."""
+    return load_config(None, [f"method={spec.method}", f"model.arch={spec.arch}", f"model.width={spec.width}",
+                              f"model.proj_dim={spec.proj_dim}", f"model.grid={spec.grid}",
+                              f"jigsaw.cross_ratio={spec.cross_ratio}", f"jigsaw.crop_size={side}",
+                              "jigsaw.augment=false", f"jigsaw.montage_scope={scope}"])
+
+
 def one_step(images: Tensor, scope: str = "global", spec: Spec = Spec()) -> Result:
-    """Loss and gradients of one step on ``images`` (on their device); gradients averaged over the
-    workers as DDP does when ``torch.distributed`` runs."""
+    """Loss and gradients of one step of ``spec.method`` on ``images`` (on their device); gradients
+    averaged over the workers as DDP does when ``torch.distributed`` runs."""
     torch.manual_seed(0)
-    model = JigCluModel(spec.arch, width=spec.width, grid=spec.grid, proj_dim=spec.proj_dim)  # type: ignore[arg-type]
-    model = model.to(images.device).eval()
-    model.gather_features = scope == "global"
-    augment = PatchAugment(max(1, images.shape[-1] // spec.grid), enabled=False).to(images.device)
+    method = build_method(step_config(spec, images.shape[-1], scope)).to(images.device).eval()
     with ieee_fp32():
-        montages, perm, total = make_montages(images, augment, spec.grid, spec.cross_ratio, spec.seed, scope)
-        out = jigclu_losses(model, JigCluLoss(1.0, 1.0, 0.3), montages, perm, total)
+        out = method(images, spec.seed)
         out["loss"].backward()
     grads = {}
-    for name, p in model.named_parameters():
+    for name, p in method.model.named_parameters():
         assert p.grad is not None, name
         g = p.grad.clone()
         if dist.is_distributed():  # what DDP does: average over workers
@@ -193,4 +197,4 @@ def compare(single: Result, ranks: list[tuple[int, Result]], loss_rtol: float = 
 
 
 __all__ = ["Agreement", "Result", "Spec", "compare", "digits_batch", "free_port", "ieee_fp32", "one_step",
-           "two_workers"]
+           "step_config", "two_workers"]

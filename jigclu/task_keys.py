@@ -43,7 +43,8 @@ _CLASSIFY = (
 
 READS: dict[str, tuple[str, ...]] = {
     # trainers/pretrain.py, the kNN monitor (trainers/knn.py), the stream (data/stream.py, ray_data.py)
-    "pretrain": (*_EVERY_TASK, "data.batch_size", "data.stream_min_images", "data.shuffle_buffer",
+    # and the method's step (jigclu/methods/; keys only JigClu reads: METHOD_SKIPS)
+    "pretrain": (*_EVERY_TASK, "method", "data.batch_size", "data.stream_min_images", "data.shuffle_buffer",
                  "data.decode_cpus", "model", "jigsaw", "loss", "optim", "train.epochs", "monitor"),
     # input side eval.image_size, else jigsaw.crop_size; random-resized crops down to eval.crop_scale;
     # a frozen backbone: the classifier trains at eval.lr
@@ -53,6 +54,13 @@ READS: dict[str, tuple[str, ...]] = {
     # CIFAR protocols: pad-4 crops at the dataset's own size (or eval.image_size), so no jigsaw.crop_size and
     # no eval.crop_scale; eval.protocol picks finetune or linear
     "finetune": (*_CLASSIFY, *_EVERY_TASK, "eval.classifier_lr", "eval.protocol"),
+}
+
+# Keys of a task's declaration that a pretraining method does not read (jigclu/methods/simclr.py: whole-image
+# views at jigsaw.crop_size, NT-Xent at loss.temperature; no montages, no location head).
+METHOD_SKIPS: dict[str, tuple[str, ...]] = {
+    "jigclu": (),
+    "simclr": ("model.grid", "jigsaw.cross_ratio", "jigsaw.montage_scope", "loss.w_clu", "loss.w_loc"),
 }
 
 # Keys doing the same job in pretraining and in the downstream recipe: on a task that reads one of a
@@ -79,6 +87,16 @@ def _declared(task: str) -> tuple[str, ...]:
 def reads(task: str, key: str) -> bool:
     """Does ``task`` read the dotted ``key`` (``optim.lr``)?"""
     return any(key == d or key.startswith(d + ".") for d in _declared(task))
+
+
+def method_skips(task: str, methods: Iterable[str], key: str) -> str | None:
+    """One line when every method of ``methods`` skips ``key`` of pretraining; else None."""
+    methods = sorted(set(methods))
+    if task != "pretrain" or not methods or not all(key in METHOD_SKIPS.get(m, ()) for m in methods):
+        return None
+    readers = [m for m in METHOD_SKIPS if key not in METHOD_SKIPS[m]]
+    return (f"method {' and '.join(methods)} does not read {key} (only method {', '.join(readers)} "
+            f"{'does' if len(readers) == 1 else 'do'})")
 
 
 def section_model(section: str) -> type[BaseModel] | None:
@@ -132,32 +150,40 @@ def leaf_keys(nested: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def refuse_unread(task: str, keys: Iterable[str], where: str = "") -> None:
-    """One :class:`ConfigError` for the first of ``keys`` (dotted) that ``task`` never reads.
+def refuse_unread(task: str, keys: Iterable[str], where: str = "", methods: Iterable[str] = ()) -> None:
+    """One :class:`ConfigError` for the first of ``keys`` (dotted) that ``task`` never reads, or that
+    none of the pretraining ``methods`` the run may use reads.
 
     Keys that name no setting (a typo, a whole section) are left to the config's own validation,
     which says "unknown key".
     """
     _declared(task)  # an unknown task is one line too
+    methods = list(methods)
     for key in map(str, keys):
-        message = unread_message(task, key) if is_leaf(key) else None
+        message = (unread_message(task, key) or method_skips(task, methods, key)) if is_leaf(key) else None
         if message is not None:
             raise ConfigError(f"{where}{message}")
 
 
-def refuse_unread_in_sweep(task: str, config: dict[str, Any], space: Iterable[str]) -> None:
+def refuse_unread_in_sweep(task: str, config: dict[str, Any], space: Iterable[str],
+                           methods: Iterable[str] = ()) -> None:
     """A sweep's own keys: its ``config:`` (the user's overrides; its ``base`` may be a recipe shared with
-    other tasks) and its ``space``."""
-    refuse_unread(task, leaf_keys(config), "sweep config: ")
-    refuse_unread(task, space, "space: ")
+    other tasks) and its ``space``; ``methods``: those its trials may run (a key some of them read is kept)."""
+    methods = list(methods)
+    refuse_unread(task, leaf_keys(config), "sweep config: ", methods)
+    refuse_unread(task, space, "space: ", methods)
 
 
 def load_task_config(task: str, path: str | None, overrides: list[str]) -> RunConfig:
     """``task``'s config: the YAML file ``path`` plus ``key=value`` overrides, validated; an override
-    of a key ``task`` never reads is refused first (the file may be a recipe shared with other tasks)."""
-    refuse_unread(task, leaf_keys(parse_overrides(overrides)))
-    return load_config(path, overrides)
+    of a key ``task`` never reads is refused first (the file may be a recipe shared with other tasks),
+    then one the configured method never reads."""
+    keys = leaf_keys(parse_overrides(overrides))
+    refuse_unread(task, keys)
+    cfg = load_config(path, overrides)
+    refuse_unread(task, keys, methods=[cfg.method])
+    return cfg
 
 
-__all__ = ["load_task_config", "refuse_unread_in_sweep", "READS", "SAME_JOB", "reads", "instead", "unread_message",
+__all__ = ["load_task_config", "refuse_unread_in_sweep", "READS", "SAME_JOB", "METHOD_SKIPS", "method_skips", "reads", "instead", "unread_message",
            "leaf_keys", "refuse_unread", "is_leaf", "section_model"]

@@ -14,12 +14,15 @@ import pytest
 import torch
 
 from jigclu import dist
-from jigclu.montage_check import compare, digits_batch, one_step, two_workers
+from jigclu.montage_check import Spec, compare, digits_batch, one_step, two_workers
 
 
-def test_two_workers_match_one_process():
-    images = digits_batch()
-    agreement = compare(one_step(images), two_workers(images, "gloo", ("cpu", "cpu")),
+@pytest.mark.parametrize("method", ["jigclu", "simclr"])
+def test_two_workers_match_one_process(method):
+    """SimCLR's NT-Xent over the all-gathered views of both workers is the one-process loss too: without the
+    gather each worker would contrast its own half only (a different loss, a different gradient)."""
+    images, spec = digits_batch(), Spec(method=method)
+    agreement = compare(one_step(images, spec=spec), two_workers(images, "gloo", ("cpu", "cpu"), spec=spec),
                         loss_rtol=1e-5, rtol=1e-4, atol=1e-6)
     assert agreement.ok, str(agreement)
 

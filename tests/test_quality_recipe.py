@@ -23,7 +23,7 @@ RECIPE = str(ROOT / "configs" / "fashion_mnist.yaml")
 # ------------------------------------------------------------------ the recipe's knobs
 
 def test_recipe_crop_scale_and_blur_reach_the_patch_augmentation():
-    from jigclu.trainers.pretrain import build_augment
+    from jigclu.methods import build_augment
 
     cfg = load_config(RECIPE, [])
     aug = build_augment(cfg)
@@ -126,7 +126,9 @@ def equal_time(monkeypatch):
 @pytest.mark.parametrize("method", ["JigClu", "SimCLR", "supervised"])
 def test_budgeted_training_keeps_a_trained_snapshot_at_each_point(equal_time, method):
     cfg = load_config(RECIPE, ["model.width=8"])
-    build = {"JigClu": lambda: equal_time.JigCluMethod(cfg), "SimCLR": lambda: equal_time.SimCLRMethod(cfg),
+    from jigclu.methods import JigClu, SimCLR
+
+    build = {"JigClu": lambda: JigClu(cfg), "SimCLR": lambda: SimCLR(cfg),
              "supervised": lambda: equal_time.SupervisedMethod(cfg, 10)}[method]
     torch.manual_seed(0)
     m = build()

@@ -207,9 +207,21 @@ def as_sweep_overrides(nested: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sweep_methods(spec: SweepSpec, base: dict[str, Any]) -> list[str]:
+    """The pretraining methods the sweep's trials may run: the choices of a searched ``method``, else
+    the base config's (a value that is no method is left to the config's own check)."""
+    if "method" in spec.space:
+        try:
+            values = parse_param("method", spec.space["method"]).values
+        except (ConfigError, AttributeError):
+            return []
+        return [str(v) for v in values or []]
+    return [str(base.get("method") or RunConfig.model_fields["method"].default)]
+
+
 def validate_sweep(spec: SweepSpec, base: dict[str, Any]) -> Sweep:
     """Check the base config and every sampled value against the trainer config model."""
-    refuse_unread_in_sweep(spec.task, spec.config, spec.space)  # keys the task never reads
+    refuse_unread_in_sweep(spec.task, spec.config, spec.space, sweep_methods(spec, base))  # keys the task never reads
     try:
         base_cfg = build_config(RunConfig, base)
     except ConfigError as exc:

@@ -274,7 +274,7 @@ class StopGate:
 def check_resume(state: dict[str, Any], cfg: RunConfig, task: str, keys: tuple[str, ...]) -> None:
     """Refuse to resume a checkpoint of another task, or one whose ``keys`` differ from ``cfg``.
 
-    A key is ``section`` (every key of it) or ``section.key``.
+    A key is ``section`` (every key of it), ``section.key`` or a top-level setting (``method``).
     """
     if state.get("task") not in (None, task):
         raise ConfigError(f"cannot resume: the run directory holds a {state.get('task')} run, not {task}")
@@ -282,6 +282,11 @@ def check_resume(state: dict[str, Any], cfg: RunConfig, task: str, keys: tuple[s
     for key in keys:
         section, _, sub = key.partition(".")
         before, after = saved.get(section), now[section]
+        if not isinstance(after, dict):  # a top-level setting; a checkpoint from before it existed holds none
+            if section in saved and before != after:
+                raise ConfigError(f"cannot resume: {section} differs from the checkpoint ({before!r} there, "
+                                  f"{after!r} now)")
+            continue
         if not isinstance(before, dict):
             continue
         for k in [sub] if sub else list(after):

@@ -1,11 +1,9 @@
-"""JigClu pretraining: one loop that runs in a plain process or as a Ray Train worker.
+"""Pretraining: one loop that runs in a plain process or as a Ray Train worker, for any method.
 
-Per step (Chen, Liu and Jia, CVPR 2021, section 3; the README's "The method in one step"):
-split -> per-patch augment (batched, on the training device) -> one shared permutation -> stitch -> backbone -> decouple -> heads -> ``w_clu * SupClu +
-w_loc * CE``. With several workers and ``jigsaw.montage_scope: global`` the patches of all
-workers are gathered, every worker derives the same permutation from the step seed, stitches
-its slice of the montages, and the per-patch features are all-gathered with gradient, so each
-worker's loss sees the whole global batch.
+The step is the method's (``jigclu/methods/``: JigClu by default, SimCLR as ``method: simclr``);
+this task owns what every method shares: the data (in memory or streamed), SGD with a per-step
+cosine schedule, the global batch fixed whatever the world size, the kNN monitor on the main
+worker, collapse detection, and the epoch's metrics.
 """
 
 from __future__ import annotations
@@ -13,80 +11,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from jigclu import dist
-from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig
 from jigclu.context import RunContext
 from jigclu.data import make_loader
 from jigclu.data.stream import STREAM_NAME
 from jigclu.data.stream_loader import StreamLoader, read_sample
 from jigclu.errors import ConfigError, DataError
-from jigclu.jigsaw import jigsaw_labels, patch_layout, random_permutation, step_seed, stitch
-from jigclu.losses import JigCluLoss
-from jigclu.models import JigCluModel
+from jigclu.jigsaw import step_seed
+from jigclu.methods import METHODS, Method, build_method
 from jigclu.trainers.common import cosine_lambda, training_splits
 from jigclu.trainers.knn import CollapseRule, KnnMonitor, held_out_monitor
 from jigclu.trainers.loop import StepResult, Task, run, wrap_ddp
 
-_PATCH_SALT, _PERM_SALT = 1, 2
-
-
-def make_montages(images: Tensor, augment: PatchAugment, grid: int, cross_ratio: float,
-                  seed: int, scope: str = "global") -> tuple[Tensor, Tensor, int]:
-    """Jigsaw one batch: uint8 images ``[n, C, H, W]`` -> (montages, permutation, global n).
-
-    ``seed`` is the step seed: patches are augmented with ``seed + rank`` (each worker its own
-    images) and the permutation is drawn from ``seed`` alone, so every worker draws the same
-    one. Returns this worker's montages ``[n, 3, m*s, m*s]``, the permutation over all
-    ``m*m*N`` patches of the scope, and ``N`` (the number of images the permutation spans).
-    """
-    x = images  # uint8 or float; PatchAugment converts only the pixels it samples
-    n, _, height, width = x.shape
-    cells = grid * grid
-    src, boxes = patch_layout(n, height, width, grid, cross_ratio, x.device)
-    gen = torch.Generator(device=x.device).manual_seed(step_seed(seed, 0, dist.rank(), _PATCH_SALT))
-    patches = augment(x, src, boxes, gen)  # [cells * n, 3, s, s], position-major
-    if scope == "global" and dist.is_distributed():
-        world, rank = dist.world_size(), dist.rank()
-        everyone = dist.gather(patches)  # rank-major: [world, cells, n, ...]
-        everyone = everyone.view(world, cells, n, *patches.shape[1:]).transpose(0, 1)
-        everyone = everyone.reshape(cells * world * n, *patches.shape[1:])
-        total = world * n
-        perm = random_permutation(cells * total, step_seed(seed, 0, 0, _PERM_SALT), x.device)
-        # only the slots of this worker's montages: slot = cell * total + montage
-        mine = perm.view(cells, total)[:, rank * n:(rank + 1) * n].reshape(-1)
-        return stitch(everyone[mine], grid), perm, total
-    perm = random_permutation(cells * n, step_seed(seed, 0, dist.rank(), _PERM_SALT), x.device)
-    return stitch(patches[perm], grid), perm, n
-
-
-def jigclu_losses(model: torch.nn.Module, criterion: JigCluLoss, montages: Tensor, perm: Tensor,
-                  total: int, amp: str = "none") -> dict[str, Tensor]:
-    """Forward the montages and compute both losses (labels ``perm % N`` and ``perm // N``)."""
-    label_clu, label_loc = jigsaw_labels(perm, total)
-    with torch.autocast(montages.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-        embeddings, loc_logits = model(montages)
-    return criterion(embeddings.float(), loc_logits.float(), label_clu, label_loc)
-
-
-def build_model(cfg: RunConfig) -> JigCluModel:
-    return JigCluModel(cfg.model.arch, cfg.model.width, cfg.model.grid, cfg.model.proj_dim)
-
-
-def build_augment(cfg: RunConfig, out_size: int | None = None) -> PatchAugment:
-    """The per-patch augmentation of ``cfg`` (the paper's recipe with ``jigsaw.crop_scale`` and
-    ``jigsaw.blur_p``), producing ``out_size`` px patches (default: the patch size)."""
-    return PatchAugment(out_size or cfg.patch_size, enabled=cfg.jigsaw.augment,
-                        scale=(cfg.jigsaw.crop_scale, 1.0), blur_p=cfg.jigsaw.blur_p)
-
-
 class PretrainTask(Task):
-    """JigClu pretraining: per-step cosine schedule, kNN monitor on the main worker."""
+    """Pretraining with ``cfg.method``: per-step cosine schedule, kNN monitor on the main worker."""
 
     name = "pretrain"
-    resume_keys = ("model", "jigsaw")
+    resume_keys = ("method", "model", "jigsaw")
     nan_hint = "try a lower optim.lr or a higher loss.temperature"
 
     def setup(self, cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None) -> None:
@@ -120,10 +63,8 @@ class PretrainTask(Task):
         self.epochs = cfg.train.epochs
         self.collapse = CollapseRule(cfg.monitor.collapse_std, cfg.monitor.collapse_patience, num_classes, state)
 
-        self.model = build_model(cfg).to(self.device)
-        self.model.gather_features = cfg.jigsaw.montage_scope == "global"
-        self.augment = build_augment(cfg).to(self.device)
-        self.criterion = JigCluLoss(cfg.loss.w_clu, cfg.loss.w_loc, cfg.loss.temperature)
+        self.method: Method = build_method(cfg).to(self.device)
+        self.model = self.method.model  # what the checkpoint holds: backbone + the method's heads
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.effective_lr(),
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
         total_steps = self.steps_per_epoch * self.epochs
@@ -136,7 +77,7 @@ class PretrainTask(Task):
         elif self.monitor is not None:  # the random-init baseline of this very model, on the same split
             scores = self.monitor.evaluate(self.model.backbone, self.device)
             self.init_scores = {f"init_{k}": scores[k] for k in ("knn_top1", "probe_top1") if k in scores}
-        self.trained = wrap_ddp(self.model, self.device)
+        self.trained = wrap_ddp(self.method, self.device)
 
     def _setup_stream(self, cfg: RunConfig, ctx: RunContext, local_batch: int) -> tuple[int, int]:
         """``data.loader=ray_data``: this worker's shard of the Ray Data stream, and a monitor on a
@@ -165,11 +106,8 @@ class PretrainTask(Task):
 
     def step(self, batch: Any, epoch: int, step: int) -> StepResult:
         images = batch[0].to(self.device, non_blocking=True)
-        cfg = self.cfg
-        montages, perm, total = make_montages(images, self.augment, cfg.model.grid, cfg.jigsaw.cross_ratio,
-                                              step_seed(cfg.seed, epoch, step), cfg.jigsaw.montage_scope)
-        out = jigclu_losses(self.trained, self.criterion, montages, perm, total, cfg.train.amp)
-        stats = {key: out[key].item() for key in ("loss", "loss_clu", "loss_loc", "loc_acc")}
+        out = self.trained(images, step_seed(self.cfg.seed, epoch, step))
+        stats = {key: out[key].item() for key in ("loss", *self.method.stats)}
         stats["steps"] = 1
         return out["loss"], stats, self.global_batch
 
@@ -178,9 +116,9 @@ class PretrainTask(Task):
 
     def end_epoch(self, epoch: int, sums: dict[str, Any], seconds: float) -> dict[str, Any]:
         steps = max(sums.get("steps", 0), 1)  # a stream may end a step or two early (corrupt images)
-        metrics: dict[str, Any] = {k: sums.get(k, 0.0) / steps for k in ("loss", "loss_clu", "loss_loc", "loc_acc")}
-        metrics["loc_acc"] *= 100.0
-        metrics.update(lr=self.scheduler.get_last_lr()[0], loss_temperature=self.criterion.clu.temperature,
+        metrics: dict[str, Any] = {k: sums.get(k, 0.0) / steps for k in ("loss", *self.method.stats)}
+        metrics.update({k: 100.0 * metrics[k] for k in self.method.percent})
+        metrics.update(lr=self.scheduler.get_last_lr()[0], loss_temperature=self.method.temperature,
                        images_per_s=steps * self.global_batch / max(seconds, 1e-9))
         if self.stream is not None:  # every worker: what the stream delivered this epoch, all workers together
             seen, corrupt = dist.all_reduce_sum([self.stream.rows, self.stream.corrupt])
@@ -204,13 +142,13 @@ class PretrainTask(Task):
     @classmethod
     def epoch_line(cls, m: dict[str, Any], cfg: RunConfig) -> str:
         knn = f"  knn top-1 [bold]{m['knn_top1']:.1f}%[/]" if m.get("knn_top1") is not None else ""
-        return (f"epoch {m['epoch'] + 1}/{cfg.train.epochs}  loss {m['loss']:.3f} (clu {m['loss_clu']:.3f}, "
-                f"loc {m['loss_loc']:.3f})  loc acc {m['loc_acc']:.1f}%{knn}  {m['images_per_s']:,.0f} img/s")
+        return (f"epoch {m['epoch'] + 1}/{cfg.train.epochs}  {METHODS[cfg.method].line(m)}{knn}  "
+                f"{m['images_per_s']:,.0f} img/s")
 
 
 def run_pretrain(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
-    """Pretrain with JigClu; returns a summary (last metrics, best kNN, epochs run)."""
+    """Pretrain with ``cfg.method``; returns a summary (last metrics, best kNN, epochs run)."""
     return run(PretrainTask(), cfg, ctx)
 
 
-__all__ = ["PretrainTask", "run_pretrain", "make_montages", "jigclu_losses", "build_model", "build_augment"]
+__all__ = ["PretrainTask", "run_pretrain"]

@@ -29,10 +29,10 @@ def test_score(cfg: Any, model_state: dict[str, Any], device: str = "cpu") -> di
     """A pretrained model's score on the whole test split, measured once (after selection on the
     validation split): the same bank as its monitor (training images, validation split excluded),
     the kNN and, with ``monitor.probe``, the linear probe."""
-    from jigclu.models import JigCluModel
+    from jigclu.methods import build_method
     from jigclu.trainers.common import training_splits
 
-    model = JigCluModel(cfg.model.arch, cfg.model.width, cfg.model.grid, cfg.model.proj_dim)
+    model = build_method(cfg).model  # the method's network: backbone + its heads
     model.load_state_dict(model_state)
     backbone, dev = model.backbone.to(device), torch.device(device)
     plan = evaluation_plan(cfg, carved=True)

@@ -38,6 +38,9 @@ def render(report: dict[str, Any], console: Console) -> None:
             if i == 0 and _has_test(report):
                 console.print(Text("test: scored once on the test split after the sweep (test_scores.json), "
                                    "for the trials selected on val; - = not scored", style="dim"))
+    if report.get("by_method"):
+        console.print()
+        console.print(_methods_table(report["by_method"], metric))
     if (report.get("seeds") or {}).get("leaders"):
         console.print()
         console.print(seeds_table(report["seeds"], metric))
@@ -178,6 +181,18 @@ def _top_tables(report: dict[str, Any], console: Console, title: str) -> list[Ta
 
 def _has_test(report: dict[str, Any]) -> bool:
     return report["selection"]["test_scores"] is not None
+
+
+def _methods_table(groups: list[dict[str, Any]], metric: str) -> Table:
+    """The searched ``method``'s configs side by side (tune/report/groups.py)."""
+    table = report_table(f"By method: each method's configs by best {metric}")
+    for name, justify in (("method", "left"), ("configs", "right"), ("best", "right"), ("trial", "left"),
+                          ("median", "right")):
+        table.add_column(name, justify=justify)
+    for g in groups:
+        table.add_row(g["method"], f"{g['scored']}/{g['trials']}", fmt_num(g["best"]) if g["best"] is not None else "-",
+                      g["best_trial"] or "-", fmt_num(g["median"]) if g["median"] is not None else "-")
+    return table
 
 
 def _problems_table(problems: list[dict[str, Any]]) -> Table:

@@ -15,6 +15,7 @@ from jigclu.errors import JigcluError
 from jigclu.storage import StorageError
 from tune.report.act import act_entry
 from tune.report.data import SweepData
+from tune.report.groups import by_method
 from tune.report.importance import param_importances, skipped_importances
 from tune.report.seeds import seed_stats
 from tune.report.science import (is_legacy, margins, rung_correlation, schedules, selection, selection_messages,
@@ -84,6 +85,7 @@ def build_report(sweep: SweepData, top: int | None = DEFAULT_TOP, metric: str | 
         "last_result_at": _iso(last),
         "top": [_trial_entry(sweep, t, rank, metric, mode) for rank, t in enumerate(shown, 1)],
         "ranked_total": len(ranked),
+        "by_method": by_method(sweep, metric, mode),
         "margins": margins(sweep, metric, mode, seeds),
         "seeds": seeds,
         "rung_correlation": rung_correlation(sweep),
