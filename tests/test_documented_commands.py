@@ -22,7 +22,7 @@ import yaml
 from jigclu.cli import build_parser, main
 from jigclu.config import load_config
 from jigclu.context import LocalContext
-from jigclu.trainers.pretrain import run_pretrain
+from jigclu.trainers import run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "clusters" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -71,7 +71,7 @@ def pretrained(tmp_path_factory) -> Path:
     cfg = load_config(None, ["data.dataset=digits", "data.image_size=32", "data.batch_size=32", "data.limit=64",
                              "model.width=8", "jigsaw.crop_size=32", "train.epochs=1", "monitor.knn=false",
                              "train.progress=false"])
-    run_pretrain(cfg, LocalContext(out / "run", progress=False))
+    run_task("pretrain", cfg, LocalContext(out / "run", progress=False))
     return out / "run"
 
 

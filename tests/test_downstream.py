@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from collections import Counter
 from pathlib import Path
 
@@ -21,12 +22,10 @@ from jigclu.data import load_dataset
 from jigclu.models import ResNetBackbone
 from jigclu.trainers.classify_augment import PadCropFlip
 from jigclu.trainers.protocols import resolve_eval
-from jigclu.trainers.finetune import run_finetune
 from jigclu.trainers.knn import knn_predict, topk_accuracy
-from jigclu.trainers.linear import run_linear
-from jigclu.trainers.pretrain import run_pretrain
 from jigclu.trainers.loop import run
-from jigclu.trainers.semi import SUBSET_FILE, SemiTask, read_label_file, run_semi
+from jigclu.trainers import run_task
+from jigclu.trainers.semi import SUBSET_FILE, SemiTask, read_label_file
 
 DATA = ["data.dataset=digits", "data.image_size=32", "model.width=8", "jigsaw.crop_size=32",
         "train.progress=false"]
@@ -40,7 +39,7 @@ def pretrained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pre")
     cfg = load_config(None, DATA + ["data.batch_size=32", "data.limit=128", "train.epochs=1",
                                     "monitor.knn=false", "optim.lr=0.2", f"output_dir={out}"])
-    run_pretrain(cfg, LocalContext(out / "run", progress=False))
+    run_task("pretrain", cfg, LocalContext(out / "run", progress=False))
     return out / "run"
 
 
@@ -61,7 +60,7 @@ def backbone_of(state: dict) -> dict[str, torch.Tensor]:
 
 def test_linear_keeps_backbone_and_batchnorm_frozen(tmp_path, pretrained):
     cfg = cfg_for(tmp_path, f"eval.pretrained={pretrained}", "eval.lr=1.0")
-    summary = run_linear(cfg, LocalContext(tmp_path / "lin", progress=False))
+    summary = run_task("linear", cfg, LocalContext(tmp_path / "lin", progress=False))
     before = backbone_of(load_checkpoint(pretrained))
     after_state = load_checkpoint(tmp_path / "lin")
     after = backbone_of(after_state)
@@ -82,10 +81,10 @@ def test_linear_keeps_backbone_and_batchnorm_frozen(tmp_path, pretrained):
 
 def test_linear_resumes_after_crash(tmp_path, pretrained):
     args = (f"eval.pretrained={pretrained}", "eval.epochs=3", "eval.lr=1.0")
-    run_linear(cfg_for(tmp_path, *args), LocalContext(tmp_path / "straight", progress=False))
+    run_task("linear", cfg_for(tmp_path, *args), LocalContext(tmp_path / "straight", progress=False))
     with pytest.raises(SimulatedCrash):
-        run_linear(cfg_for(tmp_path, *args), CrashingContext(tmp_path / "crashed", progress=False, stop_after_epoch=0))
-    summary = run_linear(cfg_for(tmp_path, *args), LocalContext(tmp_path / "crashed", resume=True, progress=False))
+        run_task("linear", cfg_for(tmp_path, *args), CrashingContext(tmp_path / "crashed", progress=False, stop_after_epoch=0))
+    summary = run_task("linear", cfg_for(tmp_path, *args), LocalContext(tmp_path / "crashed", resume=True, progress=False))
     assert summary["start_epoch"] == 1 and summary["epochs_run"] == 2
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "crashed")
     assert a["epoch"] == b["epoch"] == 2
@@ -159,7 +158,7 @@ def test_semi_paper_rates_per_fraction():
 def _subset(tmp_path: Path, name: str, seed: int) -> list[int]:
     cfg = cfg_for(tmp_path, "eval.labels=10%", f"eval.label_seed={seed}", "eval.epochs=1",
                   "train.steps_per_epoch=1", f"name={name}")
-    run_semi(cfg, LocalContext(tmp_path / name, progress=False))
+    run_task("semi", cfg, LocalContext(tmp_path / name, progress=False))
     lines = (tmp_path / name / SUBSET_FILE).read_text().splitlines()
     return [int(x) for x in lines if x and not x.startswith("#")]
 
@@ -180,7 +179,7 @@ def test_semi_label_subset_is_balanced_saved_and_seeded(tmp_path):
 @pytest.mark.parametrize("task", ["linear", "semi"])
 def test_bf16_autocast_downstream_epoch_on_cpu(tmp_path, pretrained, task):
     """train.amp=bf16 on CPU: a finite first-step loss near fp32's (and not fp32's own), finite val scores."""
-    runner = {"linear": run_linear, "semi": run_semi}[task]
+    runner = partial(run_task, task)
     first = {}
     for amp in ("none", "bf16"):
         cfg = cfg_for(tmp_path, f"eval.pretrained={pretrained}", "eval.epochs=1", "train.steps_per_epoch=1",
@@ -219,13 +218,13 @@ def test_pad_crop_flip_cuts_windows_of_the_padded_image():
 
 
 def test_finetune_protocols(tmp_path):
-    run_finetune(cfg_for(tmp_path, "eval.protocol=linear"), LocalContext(tmp_path / "lin", progress=False))
+    run_task("finetune", cfg_for(tmp_path, "eval.protocol=linear"), LocalContext(tmp_path / "lin", progress=False))
     state = load_checkpoint(tmp_path / "lin")
     ev = state["config"]["eval"]
     assert (ev["lr"], ev["gamma"], ev["weight_decay"], ev["image_size"]) == (10.0, 0.2, 0.0, 32)
     assert [g["name"] for g in state["optimizer"]["param_groups"]] == ["classifier"]
 
-    run_finetune(cfg_for(tmp_path, "eval.epochs=2", "train.steps_per_epoch=null", "eval.batch_size=64"),
+    run_task("finetune", cfg_for(tmp_path, "eval.epochs=2", "train.steps_per_epoch=null", "eval.batch_size=64"),
                  LocalContext(tmp_path / "ft", progress=False))
     ev = load_checkpoint(tmp_path / "ft")["config"]["eval"]
     assert (ev["protocol"], ev["lr"], ev["weight_decay"]) == ("finetune", 0.1, 5e-4)

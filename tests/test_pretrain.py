@@ -17,7 +17,7 @@ from jigclu.errors import JigcluError
 from jigclu.context import LocalContext
 from jigclu.runs import RunLayout, read_metrics
 from faults import CrashingContext, SimulatedCrash
-from jigclu.trainers.pretrain import run_pretrain
+from jigclu.trainers import run_task
 
 TINY = ["data.dataset=digits", "data.image_size=32", "data.batch_size=32", "data.limit=128",
         "model.width=8", "jigsaw.crop_size=32", "train.epochs=3", "train.progress=false",
@@ -35,7 +35,7 @@ def test_pretraining_on_digits_learns(tmp_path):
                              "model.width=16", "jigsaw.crop_size=32", "jigsaw.cross_ratio=0.1",
                              "optim.lr=0.5", "train.epochs=12", "train.progress=false",
                              "monitor.knn=false", f"output_dir={tmp_path}"])
-    summary = run_pretrain(cfg, LocalContext(tmp_path / "run", progress=False))
+    summary = run_task("pretrain", cfg, LocalContext(tmp_path / "run", progress=False))
     metrics = read_metrics(tmp_path / "run")
     assert [m["epoch"] for m in metrics] == list(range(12))
     assert summary["last"]["epoch"] == 11
@@ -49,7 +49,7 @@ def test_pretraining_on_digits_learns(tmp_path):
 def test_knn_monitor_reports_each_epoch(tmp_path):
     cfg = tiny_cfg(tmp_path, "monitor.knn=true", "monitor.train_limit=200", "monitor.test_limit=100",
                    "train.epochs=2")
-    summary = run_pretrain(cfg, LocalContext(tmp_path / "run", progress=False))
+    summary = run_task("pretrain", cfg, LocalContext(tmp_path / "run", progress=False))
     metrics = read_metrics(tmp_path / "run")
     assert all(0 <= m["knn_top1"] <= 100 for m in metrics)
     # random-ish features of real digits are still far above chance (10%)
@@ -58,13 +58,13 @@ def test_knn_monitor_reports_each_epoch(tmp_path):
 
 def test_resume_after_crash_reaches_the_same_state(tmp_path):
     straight = tmp_path / "straight"
-    run_pretrain(tiny_cfg(tmp_path), LocalContext(straight, progress=False))
+    run_task("pretrain", tiny_cfg(tmp_path), LocalContext(straight, progress=False))
 
     crashed = tmp_path / "crashed"
     with pytest.raises(SimulatedCrash):
-        run_pretrain(tiny_cfg(tmp_path), CrashingContext(crashed, progress=False, stop_after_epoch=1))
+        run_task("pretrain", tiny_cfg(tmp_path), CrashingContext(crashed, progress=False, stop_after_epoch=1))
     assert load_checkpoint(RunLayout(str(crashed)).latest_checkpoint())["epoch"] == 1
-    summary = run_pretrain(tiny_cfg(tmp_path), LocalContext(crashed, resume=True, progress=False))
+    summary = run_task("pretrain", tiny_cfg(tmp_path), LocalContext(crashed, resume=True, progress=False))
     assert summary["start_epoch"] == 2 and summary["epochs_run"] == 1
 
     a = load_checkpoint(RunLayout(str(straight)).latest_checkpoint())
@@ -82,7 +82,7 @@ def test_grid_3_and_4_learn(tmp_path, m, crop):
     """48 steps on fresh digits (~5 s): both losses fall and location accuracy leaves chance (1/m^2)."""
     cfg = tiny_cfg(tmp_path, f"model.grid={m}", f"jigsaw.crop_size={crop}", "data.limit=256", "train.epochs=6",
                    "optim.lr=0.5", "jigsaw.cross_ratio=0.1", f"name=g{m}")
-    run_pretrain(cfg, LocalContext(tmp_path / f"g{m}", progress=False))
+    run_task("pretrain", cfg, LocalContext(tmp_path / f"g{m}", progress=False))
     metrics = read_metrics(tmp_path / f"g{m}")
     first, last = metrics[0], metrics[-1]
     chance = 100.0 / m ** 2
@@ -99,7 +99,7 @@ def test_bf16_autocast_pretrains_on_cpu(tmp_path):
     for amp in ("none", "bf16"):
         cfg = tiny_cfg(tmp_path, f"train.amp={amp}", "train.epochs=1", "train.steps_per_epoch=1", "device=cpu",
                        f"name={amp}")
-        summary = run_pretrain(cfg, LocalContext(tmp_path / amp, progress=False))
+        summary = run_task("pretrain", cfg, LocalContext(tmp_path / amp, progress=False))
         first[amp] = summary["last"]["loss"]  # one step: the epoch's loss is the first step's
     assert math.isfinite(first["bf16"])
     assert first["bf16"] == pytest.approx(first["none"], rel=0.05)

@@ -28,7 +28,7 @@ from jigclu.config import load_config
 from jigclu.context import LocalContext
 from jigclu.runs import RunLayout
 from tune.layout import SweepLayout
-from jigclu.trainers.pretrain import run_pretrain
+from jigclu.trainers import run_task
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = ["data.dataset=digits", "data.image_size=32", "model.width=8", "jigsaw.crop_size=32", "train.progress=false"]
@@ -81,7 +81,7 @@ FORMATS = ["torch", "torch-legacy", "pickle-p2", "pickle-p5"]
 def pretrained(tmp_path_factory) -> Path:
     """A real one-epoch pretraining run: the checkpoint a resume would fall back to."""
     out = tmp_path_factory.mktemp("pre")
-    run_pretrain(load_config(None, TINY + ["train.epochs=1", f"output_dir={out}"]),
+    run_task("pretrain", load_config(None, TINY + ["train.epochs=1", f"output_dir={out}"]),
                  LocalContext(out / "run", progress=False))
     return out / "run"
 

@@ -338,11 +338,11 @@ def test_downstream_linear_sweep_over_learning_rates(ray_local, tmp_path):
     """The linear-evaluation sweep: trials load a pretrained backbone and report val_top1."""
     from jigclu.config import load_config
     from jigclu.context import LocalContext
-    from jigclu.trainers.pretrain import run_pretrain
+    from jigclu.trainers import run_task
     from tune.sweep import run_sweep
 
     pre = tmp_path / "pre"
-    run_pretrain(load_config(None, ["data.dataset=digits", "data.image_size=32", "data.batch_size=32",
+    run_task("pretrain", load_config(None, ["data.dataset=digits", "data.image_size=32", "data.batch_size=32",
                                     "model.width=8", "jigsaw.crop_size=32", "train.epochs=1",
                                     "train.steps_per_epoch=3", "monitor.knn=false", "train.progress=false"]),
                  LocalContext(pre, progress=False))

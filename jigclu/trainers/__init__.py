@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 TASKS: dict[str, str] = {
     "pretrain": "jigclu.trainers.pretrain:PretrainTask",
-    "linear": "jigclu.trainers.linear:LinearTask",
+    "linear": "jigclu.trainers.classify:LinearTask",
     "semi": "jigclu.trainers.semi:SemiTask",
-    "finetune": "jigclu.trainers.finetune:FinetuneTask",
+    "finetune": "jigclu.trainers.classify:FinetuneTask",
 }
 DOWNSTREAM = ("linear", "semi", "finetune")
 

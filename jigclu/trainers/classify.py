@@ -2,8 +2,8 @@
 
 One backbone (pretrained or random init) plus a fresh linear classifier, trained with SGD and
 a step schedule on labeled images, scored on the test split every epoch. Linear, semi and
-finetune differ only in their protocol (:mod:`jigclu.trainers.protocols`) and, for semi, in
-which training images carry labels.
+finetune differ only in their protocol (:mod:`jigclu.trainers.protocols`, the paper's defaults) and,
+for semi (:mod:`jigclu.trainers.semi`), in which training images carry labels.
 
 "Frozen" includes the BatchNorm statistics: the backbone stays in eval mode for the whole run
 and runs under ``no_grad``, so linear evaluation scores the pretrained features exactly.
@@ -245,4 +245,21 @@ class ClassifyTask(Task):
                 f"(best {m['best_val_top1']:.2f}%)  lr {m['lr']:.3g}  {m['images_per_s']:,.0f} img/s")
 
 
-__all__ = ["ClassifierModel", "ClassifyTask", "Datasets", "evaluate", "freeze", "group_lrs"]
+class LinearTask(ClassifyTask):
+    """Linear evaluation (supplementary section 3.1): a frozen backbone, BatchNorm statistics included, and a
+    fresh linear classifier (N(0, 0.01) weights, zero bias) on its pooled features, at ``eval.image_size``,
+    else ``jigsaw.crop_size`` (the montage size the backbone saw while pretraining)."""
+
+    name = "linear"
+
+
+class FinetuneTask(ClassifyTask):
+    """CIFAR-style small-image training (supplementary section 3.3), ``eval.protocol`` finetune (the whole
+    network) or linear (frozen backbone), pad-4 crops at the dataset's own size; the backbone's strides are
+    unchanged, so 32 px images want ``model.arch: resnet18_small`` as in pretraining."""
+
+    name = "finetune"
+
+
+__all__ = ["ClassifierModel", "ClassifyTask", "Datasets", "LinearTask", "FinetuneTask", "evaluate", "freeze",
+           "group_lrs"]

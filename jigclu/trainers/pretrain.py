@@ -23,7 +23,7 @@ from jigclu.jigsaw import step_seed
 from jigclu.methods import METHODS, Method, build_method
 from jigclu.trainers.common import cosine_lambda, training_splits
 from jigclu.trainers.knn import CollapseRule, KnnMonitor, held_out_monitor
-from jigclu.trainers.loop import StepResult, Task, run, wrap_ddp
+from jigclu.trainers.loop import StepResult, Task, wrap_ddp
 
 class PretrainTask(Task):
     """Pretraining with ``cfg.method``: per-step cosine schedule, kNN monitor on the main worker."""
@@ -146,9 +146,4 @@ class PretrainTask(Task):
                 f"{m['images_per_s']:,.0f} img/s")
 
 
-def run_pretrain(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
-    """Pretrain with ``cfg.method``; returns a summary (last metrics, best kNN, epochs run)."""
-    return run(PretrainTask(), cfg, ctx)
-
-
-__all__ = ["PretrainTask", "run_pretrain"]
+__all__ = ["PretrainTask"]

@@ -30,7 +30,6 @@ from jigclu.data import balanced_subset_indices
 from jigclu.data.images import ImageDataset
 from jigclu.errors import ConfigError
 from jigclu.trainers.classify import ClassifyTask
-from jigclu.trainers.loop import run
 
 SUBSET_FILE = "labels_subset.txt"
 _AMBIGUOUS = -1
@@ -49,11 +48,6 @@ class SemiTask(ClassifyTask):
         layout = ctx.where()
         if layout is not None and self.data.subset is not None:
             storage.write_atomic(layout.file(SUBSET_FILE), subset_text(self.cfg, self.data.note, self.data.subset))
-
-
-def run_semi(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
-    """Fine-tune the whole network on a labeled subset; returns the run summary."""
-    return run(SemiTask(), cfg, ctx)
 
 
 def select_labels(cfg: RunConfig, train: ImageDataset, state: dict[str, Any] | None) -> tuple[Tensor, str]:
@@ -138,4 +132,4 @@ def subset_text(cfg: RunConfig, note: str, subset: Tensor) -> str:
     return header + "\n".join(str(int(i)) for i in subset.tolist()) + "\n"
 
 
-__all__ = ["SemiTask", "run_semi", "select_labels", "read_label_file", "SUBSET_FILE"]
+__all__ = ["SemiTask", "select_labels", "read_label_file", "SUBSET_FILE"]
