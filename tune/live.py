@@ -32,8 +32,6 @@ class SweepProgress(Callback):
     def __init__(self, sweep: Any, enabled: bool = True) -> None:  # enabled: live display wanted
         self.name, self.metric, self.mode = sweep.spec.name, sweep.metric, sweep.spec.mode
         self.total, self.max_t = sweep.spec.num_samples, sweep.max_t
-        self.budget_s = sweep.spec.time_budget_s
-        self.budget_stopped: list[str] = []  # trials ended by the sweep's time budget, not by the scheduler
         # a live display on a terminal; otherwise (logs, --no-progress) one plain line per event
         self.enabled = enabled and Console().is_terminal
         self.plain = not self.enabled
@@ -96,9 +94,6 @@ class SweepProgress(Callback):
     def _ended(self, trial: Any, ray_status: str) -> None:
         epochs = self.iterations.get(trial.trial_id, 0)
         self.status[trial.trial_id] = status = trial_status(epochs, self.max_t, ray_status=ray_status)
-        # Tune stops every running trial once the budget is spent (its timer starts a moment after ours)
-        if status == "stopped" and self.budget_s and time.time() - self.started >= self.budget_s:
-            self.budget_stopped.append(trial.trial_id)
         self._line(f"{TRIAL_PREFIX}{trial.trial_id} {status.replace('stopped', 'stopped early')} after {epochs} epochs")
         self._redraw()
 

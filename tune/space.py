@@ -144,9 +144,18 @@ class Sweep:
         return DefineByRun(tuple(self.params))
 
     def to_dict(self) -> dict[str, Any]:
+        """The sweep as plain data (what a Tune trial receives): the spec, its resolved base config as
+        ``config`` and no ``base`` file; :meth:`from_dict` reads it back."""
         out = self.spec.model_dump(mode="json")
         out["config"], out["base"] = self.base, None
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Sweep":
+        """The sweep :meth:`to_dict` wrote, as validated when it was loaded (the spec is checked again; the
+        base config is the resolved one, a recipe that may hold sections other tasks read)."""
+        spec = SweepSpec.model_validate(data)
+        return cls(spec, data["config"], [parse_param(k, v) for k, v in spec.space.items()])
 
 
 @dataclass(frozen=True)

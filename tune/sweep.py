@@ -49,7 +49,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 from ray import tune  # noqa: E402
-from ray.tune import Checkpoint  # noqa: E402
+from ray.tune import Callback, Checkpoint  # noqa: E402
 
 
 class TuneTrialContext:
@@ -113,10 +113,8 @@ def run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: st
 
 
 def _run_trial(params: dict[str, Any], sweep_dict: dict[str, Any], sweep_root: str) -> None:
-    from tune.space import Sweep, SweepSpec, parse_param
-
-    spec = SweepSpec.model_validate(sweep_dict)
-    sweep = Sweep(spec, sweep_dict["config"], [parse_param(k, v) for k, v in spec.space.items()])
+    sweep = Sweep.from_dict(sweep_dict)
+    spec = sweep.spec
     layout = SweepLayout(sweep_root)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = layout.trial(trial_id)  # in the sweep's storage, whichever node this trial runs on
@@ -238,8 +236,9 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     existed = layout.exists()
     save_definition(sweep, layout)
     init_ray(address, verbose, num_cpus=num_cpus)
-    callbacks = [SweepProgress(sweep, enabled=progress), StudyPublisher(layout)]
-    callbacks.append(ResourceWait(sweep.spec.name, layout.root, callbacks[0].note,
+    display, budget = SweepProgress(sweep, enabled=progress), BudgetStops(sweep)
+    callbacks = [display, StudyPublisher(layout), budget]
+    callbacks.append(ResourceWait(sweep.spec.name, layout.root, display.note,
                                   train_trials=trial_uses_ray_train(sweep, build_config(RunConfig, sweep.base))))
     started = time.time()
     restore = ray_storage(layout.root, retrying=False)
@@ -256,7 +255,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
         tuner._local_tuner._run_config.callbacks = callbacks  # restored tuners keep no callbacks
     else:
         tuner = build_tuner(sweep, layout, callbacks)
-    with callbacks[0], SigtermStopsTune() as sigterm:
+    with display, SigtermStopsTune() as sigterm:
         grid = tuner.fit()
     # every trial ended (not a Ctrl-C; after a SIGTERM Tune's cleanup marks the stopped trials ended,
     # but the resumed sweep goes on with them: their Optuna trials must stay RUNNING, not be failed)
@@ -264,8 +263,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
     if ended and sweep.spec.scheduler.type != "pbt":
         fail_abandoned(optuna.load_study(study_name=sweep.spec.name, storage=_optuna_storage(sweep, layout)))
     layout.publish_study()
-    if callbacks[0].budget_stopped:  # for the report: these trials were cut by the budget, not by ASHA
-        write_atomic(layout.file(BUDGET_STOPPED), json.dumps(sorted(callbacks[0].budget_stopped)))
+    if budget.stopped:  # for the report: these trials were cut by the budget, not by the scheduler
+        write_atomic(layout.file(BUDGET_STOPPED), json.dumps(sorted(budget.stopped)))
     test_scores = score_on_test(sweep, layout) if ended else None
     if existed:
         layout.set_aside_orphans({r.path.rstrip("/").rsplit("/", 1)[-1] for r in grid if getattr(r, "path", None)})
@@ -276,6 +275,36 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: bool = False, prog
                         f"the same command with --resume continues it")
     return {"sweep_dir": layout.root, "resumed": existed, "wall_s": time.time() - started,
             "trials": len(grid), "test_scores": test_scores, **status_counts(grid, sweep)}
+
+
+class BudgetStops(Callback):
+    """Which trials the sweep's time budget ended, not its scheduler (``budget_stopped.json``, for the
+    report). When ``time_budget_s`` is spent Tune ends the experiment and stops the trials still running
+    without a trial-complete event (a scheduler's stop has one), so the trials cut by the budget are those
+    still open, short of ``max_t``, when the experiment ends past the budget."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.budget_s, self.max_t, self.started = sweep.spec.time_budget_s, sweep.max_t, time.time()
+        self.epochs: dict[str, int] = {}
+        self.ended: set[str] = set()  # completed or errored through Tune's own events
+        self.stopped: list[str] = []
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.epochs[trial.trial_id] = int(result.get("training_iteration", 0))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if not self.budget_s or time.time() - self.started < self.budget_s:
+            return  # ended before the budget (every trial done, a SIGTERM, Ctrl-C)
+        self.stopped = sorted(t.trial_id for t in trials if t.trial_id not in self.ended
+                              and t.status not in ("PENDING", "ERROR")
+                              and trial_status(self.epochs.get(t.trial_id, 0), self.max_t,
+                                               ray_status="TERMINATED") == "stopped")
 
 
 class SigtermStopsTune:
