@@ -70,29 +70,29 @@ demo-pretrain: setup
 	  name=demo-$$(date +%Y%m%d-%H%M%S)
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.speed.run_all
 
 bench-quality: setup
-	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python -m benchmarks.quality.quality
 
 # Full sweep (3 seeds: the true values) vs ASHA and the promotion scheduler, kNN or probe at the rungs, on the
 # same 27 configs; Spearman per rung (~75 min on 2 AVX512 cores; resumable: bench-results/sweeps)
 bench-sweeps: setup
-	$(BIN)/python benchmarks/asha_vs_full.py
+	$(BIN)/python -m benchmarks.quality.asha_vs_full
 
 # Peak RSS per Ray Train worker and img/s, in-memory reader vs Ray Data, on 12k and 120k synthetic
 # JPEG images (generated once into $TMPDIR/jigclu-bench-stream): ## Streaming data (~15 min on 2 cores)
 bench-stream: setup
-	$(BIN)/python benchmarks/stream_memory.py
+	$(BIN)/python -m benchmarks.speed.stream_memory
 
 # Faults injected from outside a real run (kill, Ctrl-C, full disk, S3 outage...): ## Fault matrix
 faults: setup
 	$(BIN)/python -m pytest tests -m faults $(PYTEST_ARGS)
-	$(BIN)/python benchmarks/fault_matrix.py
+	$(BIN)/python -m benchmarks.faults.fault_matrix
 
 # One prepared check for a machine with CUDA (under 5 minutes); prints one line and passes without one.
 gpu-check: setup
-	$(BIN)/python benchmarks/gpu_check.py
+	$(BIN)/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf runs sweeps .pytest_cache

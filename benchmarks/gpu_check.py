@@ -4,7 +4,7 @@ Rows of one table, each a check with its figure and a pass/fail verdict:
 
 - **global montage**: 2 spawned ranks (NCCL on two GPUs; with one GPU gloo on CUDA tensors, both
   ranks on cuda:0, since NCCL refuses two ranks on one device) give the loss and DDP-averaged
-  gradients of 1 process with the same global batch (``jigclu.montage_check``, which
+  gradients of 1 process with the same global batch (``benchmarks.harness.montage_check``, which
   ``tests/test_global_montage.py`` runs on CPU).
 - **PatchAugment**: on CUDA with a CPU generator it equals the CPU output; with a CUDA generator its
   per-patch statistics (channel means and stds) agree with the CPU's (z-scores of the differences).
@@ -19,8 +19,8 @@ Rows of one table, each a check with its figure and a pass/fail verdict:
 A global time budget (default 270 s) skips the remaining rows with a clear line when it is spent.
 Exit code 1 when a check fails. Without CUDA it prints one line and exits 0.
 
-    python benchmarks/gpu_check.py                # on a machine with CUDA
-    python benchmarks/gpu_check.py --device cpu   # the same checks at tiny sizes on CPU (smoke run)
+    python -m benchmarks.gpu_check                # on a machine with CUDA
+    python -m benchmarks.gpu_check --device cpu   # the same checks at tiny sizes on CPU (smoke run)
 """
 
 from __future__ import annotations
@@ -35,15 +35,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-from step_cost import synthetic_images  # noqa: E402
-from jigclu import montage_check  # noqa: E402
-from jigclu.augment import PatchAugment  # noqa: E402
-from jigclu.config import RunConfig, load_config  # noqa: E402
-from jigclu.jigsaw import patch_layout  # noqa: E402
-from jigclu.methods import build_method  # noqa: E402
-from jigclu.methods.jigclu import jigclu_losses, make_montages  # noqa: E402
-from jigclu.trainers.pretrain import PretrainTask  # noqa: E402
+from benchmarks.harness import common, montage_check
+from benchmarks.speed.step_cost import synthetic_images
+from jigclu.augment import PatchAugment
+from jigclu.config import RunConfig, load_config
+from jigclu.jigsaw import patch_layout
+from jigclu.methods import build_method
+from jigclu.methods.jigclu import jigclu_losses, make_montages
+from jigclu.trainers.pretrain import PretrainTask
 
 NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing to check"
 DEMO, R50 = common.REPO_ROOT / "configs" / "demo.yaml", common.REPO_ROOT / "configs" / "paper_imagenet_r50.yaml"

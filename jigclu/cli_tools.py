@@ -24,7 +24,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                                                         "report's winner); omit for the random-init baseline")
     knn.add_argument("--config", "-c", default=None, help="YAML config file (data and model sections)")
     knn.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
-    knn.add_argument("--probe", action="store_true", help="also fit the linear probe (jigclu/probe.py: "
+    knn.add_argument("--probe", action="store_true", help="also fit the linear probe (jigclu/evaluation/probe.py: "
                      "logistic regression on standardised pooled features of the bank, L2 strength chosen on "
                      "20%% of it) and score it on the queries; the fast alternative to `jigclu linear`")
     knn.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -45,7 +45,7 @@ def _cmd_knn(args: argparse.Namespace) -> int:
 
     from jigclu.config import load_config
     from jigclu.export import adopt_pretrained
-    from jigclu.trainers.scoring import knn_eval
+    from jigclu.evaluation.scoring import knn_eval
 
     overrides = list(args.overrides) + ([f"eval.pretrained={args.checkpoint}"] if args.checkpoint else [])
     overrides += ["monitor.probe=true"] if args.probe else []

@@ -166,7 +166,7 @@ def release_reservations(run_name: str) -> list[str]:
     A run's controller asks the coordinator for its workers, and the coordinator sets resources
     aside for it until the run cancels or 180 s after its last ask. A controller that died with its
     trial's driver never cancels: the retried trial's new run (same name) then waited 3 minutes
-    for CPUs that sat idle (``benchmarks/faults_elastic.py``). No run of this name is alive when
+    for CPUs that sat idle (``benchmarks/faults/faults_elastic.py``). No run of this name is alive when
     its next attempt starts, so every earlier one's reservation is freed here.
     """
     from ray.train.v2._internal.state.state_actor import get_state_actor
@@ -187,7 +187,7 @@ def pin_autoscaling_coordinator(timeout_s: float = 10.0) -> None:
     Every elastic Ray Train run sends its resource requests to one named, detached actor that
     Ray creates with a hard affinity to the node of whoever asks first. Created on a worker node
     that is later lost, it can never be scheduled again, and every later elastic run waits
-    forever for workers it never asks for (``benchmarks/faults_elastic.py``). Called before
+    forever for workers it never asks for (``benchmarks/faults/faults_elastic.py``). Called before
     anything else asks for it: an existing coordinator that does not answer is killed and
     created again here, on a driver node.
     """
@@ -238,7 +238,7 @@ def remove_left_groups(run_dir: str) -> list[str]:
     that still hold resources. No attempt of the run is alive then, so each is a leak: one whose
     controller died with its trial's driver is Ray's ``PlacementGroupCleaner``'s to remove, and
     when that did not (it needs the State API in time), the retried trial waited forever for CPUs
-    the dead attempt's group held (``benchmarks/faults_elastic.py``)."""
+    the dead attempt's group held (``benchmarks/faults/faults_elastic.py``)."""
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
     from jigclu import storage

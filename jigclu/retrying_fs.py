@@ -4,7 +4,7 @@ Ray Train writes its checkpoints and the checkpoint manager's snapshot through t
 ``storage_filesystem`` jigclu gives it (Tune gets the bare one: see ``ray_storage``). With a bare
 ``pyarrow.fs.S3FileSystem`` an endpoint that is unreachable for ~20 s fails every retry of the
 run within seconds ("training failed after 3 retries: ... NETWORK_CONNECTION ...", measured by
-``benchmarks/fault_matrix.py``). This wrapper retries each call's transient errors the way
+``benchmarks/faults/fault_matrix.py``). This wrapper retries each call's transient errors the way
 ``storage`` does (``JIGCLU_STORAGE_RETRY_S``), and makes writes whole: an output stream
 collects the bytes and uploads them in one retried call when it is closed, so an outage in the
 middle of a write retries the whole object instead of failing half-way. Reads are fetched whole

@@ -42,7 +42,7 @@ _CLASSIFY = (
 )
 
 READS: dict[str, tuple[str, ...]] = {
-    # trainers/pretrain.py, the kNN monitor (trainers/knn.py), the stream (data/stream.py, ray_data.py)
+    # trainers/pretrain.py, the kNN monitor (evaluation/knn.py), the stream (data/stream.py, ray_data.py)
     # and the method's step (jigclu/methods/; keys only JigClu reads: METHOD_SKIPS)
     "pretrain": (*_EVERY_TASK, "method", "data.batch_size", "data.stream_min_images", "data.shuffle_buffer",
                  "data.decode_cpus", "model", "jigsaw", "loss", "optim", "train.epochs", "monitor"),

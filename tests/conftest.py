@@ -33,7 +33,7 @@ def _no_child_left_behind():
     """A fault row's ``jigclu`` child runs in its own session: kill any a test left running (a failed
     assertion or a timeout before its own cleanup)."""
     yield
-    kit = sys.modules.get("fault_kit")
+    kit = sys.modules.get("benchmarks.faults.fault_kit")
     if kit is not None:
         kit.Command.kill_all()
 

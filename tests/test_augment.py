@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -365,17 +363,14 @@ def test_flip_and_grayscale_rates_end_to_end() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Reference pipeline (benchmarks/reference_pipeline.py)
+# Reference pipeline (benchmarks/speed/reference_pipeline.py)
 # --------------------------------------------------------------------------------------------
 
 
 def load_reference_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_pipeline.py"
-    spec = importlib.util.spec_from_file_location("reference_pipeline", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.speed import reference_pipeline
+
+    return reference_pipeline
 
 
 def test_reference_transform_returns_four_patches() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_box import RayBox, S3Endpoint, raylet_of
+from benchmarks.harness.cluster_box import RayBox, S3Endpoint, raylet_of
 
 # ~4-8 min on 2 cores: in `make faults` (tests/test_elastic_sweep.py runs the same kind of cluster in make test)
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(1200)]

@@ -22,7 +22,7 @@ from jigclu.data import load_dataset
 from jigclu.models import ResNetBackbone
 from jigclu.trainers.classify_augment import PadCropFlip
 from jigclu.trainers.protocols import resolve_eval
-from jigclu.trainers.knn import knn_predict, topk_accuracy
+from jigclu.evaluation.knn import knn_predict, topk_accuracy
 from jigclu.trainers.loop import run
 from jigclu.trainers import run_task
 from jigclu.trainers.semi import SUBSET_FILE, SemiTask, read_label_file

@@ -46,7 +46,7 @@ from jigclu.config import load_config
 from jigclu.launch import launch, prepare
 from jigclu.models import ResNetBackbone
 from jigclu.runs import RunLayout, read_metrics
-from jigclu.trainers.common import eval_images
+from jigclu.evaluation.inputs import eval_images
 
 pytestmark = pytest.mark.ray
 

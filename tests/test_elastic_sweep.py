@@ -3,7 +3,7 @@
 The clusters/README.md submit command (``ray job submit ... jigclu tune ... 'scaling.workers=[1,2]'
 storage=s3://...``), sized for CPU, on a head with 0 CPUs and two 1-CPU nodes with moto's S3
 server: the first trial's driver is SIGKILLed once the trial has a checkpoint in the bucket, then
-the raylet of a node running one of the next trial's workers (``benchmarks/faults_elastic.py``,
+the raylet of a node running one of the next trial's workers (``benchmarks/faults/faults_elastic.py``,
 also the fault matrix's ``elastic-sweep`` rows). Before the fixes the sweep hung forever (the
 autoscaling coordinator left on the dead node, a placement group of a finished trial holding the
 only CPU) or lost the killed driver's trial (not retried).
@@ -12,13 +12,10 @@ only CPU) or lost the killed driver's trial (not retried).
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import faults_elastic  # noqa: E402
+from benchmarks.faults import faults_elastic
 
 # ~4 min on 2 cores: run by make faults (with the fault matrix), not make test (its 25-minute budget)
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(900)]

@@ -1,4 +1,4 @@
-"""The cheap rows of the fault matrix (``benchmarks/fault_matrix.py``), run as tests.
+"""The cheap rows of the fault matrix (``benchmarks/faults/fault_matrix.py``), run as tests.
 
 Each starts the real ``jigclu`` command in a child process, injects its fault from outside at a
 seeded random moment, and checks what the matrix checks: the run finishes (by itself or with
@@ -9,15 +9,11 @@ no temporary file beside it, the user saw one line and no traceback, no epoch is
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import fault_matrix as faults  # noqa: E402  (benchmarks/fault_matrix.py; tests/faults.py is another module)
-import faults_preempt  # noqa: E402
-import faults_ray  # noqa: E402
+from benchmarks.faults import fault_matrix as faults  # not tests/faults.py, another module
+from benchmarks.faults import faults_preempt, faults_ray
 
 
 def _check(row: faults.Row) -> None:
@@ -103,8 +99,7 @@ def test_the_filesystem_ray_train_gets_rides_out_an_outage(tmp_path, monkeypatch
     ``ray_storage`` hands Ray Train the bare object-store filesystem."""
     import threading
 
-    import cluster_box
-
+    from benchmarks.harness import cluster_box
     from jigclu.ray_train import ray_storage
 
     s3 = cluster_box.S3Endpoint(tmp_path)

@@ -3,8 +3,8 @@
 Two gloo processes each hold half of a global batch. They gather patches, draw the same
 permutation, stitch their share of the montages and all-gather the per-patch features with
 gradient. Loss and DDP-averaged gradients must match a single process that runs the whole
-batch with the same permutation (``jigclu.montage_check``, which ``make gpu-check`` also runs
-on CUDA). BatchNorm runs in eval mode here: per-worker batch statistics are the one thing
+batch with the same permutation (``benchmarks.harness.montage_check``, which ``make gpu-check``
+also runs on CUDA). BatchNorm runs in eval mode here: per-worker batch statistics are the one thing
 that legitimately differs between the two setups.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.harness.montage_check import Spec, compare, digits_batch, one_step, two_workers
 from jigclu import dist
-from jigclu.montage_check import Spec, compare, digits_batch, one_step, two_workers
 
 
 @pytest.mark.parametrize("method", ["jigclu", "simclr"])

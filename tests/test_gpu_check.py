@@ -1,9 +1,8 @@
-"""``make gpu-check`` (benchmarks/gpu_check.py): its code paths run on CPU at tiny sizes, and it
+"""``make gpu-check`` (``python -m benchmarks.gpu_check``): its code paths run on CPU at tiny sizes, and it
 passes with one line where there is no CUDA."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -11,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling modules
-        yield importlib.import_module("gpu_check")
+    from benchmarks import gpu_check
+
+    return gpu_check
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=180,
-                          env={**os.environ, **env})
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180, env={**os.environ, **env})
 
 
 def test_smoke_on_cpu_runs_every_check(gpu_check):

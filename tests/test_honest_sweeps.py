@@ -36,7 +36,7 @@ def rows(trial_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------ the validation split (no Ray)
 
 def test_validation_split_is_balanced_seeded_and_disjoint_from_training():
-    from jigclu.trainers.common import training_splits
+    from jigclu.data.splits import training_splits
 
     cfg = build_config(RunConfig, {"data": {**DIGITS, "val_size": 200, "limit": 500}})
     train, val = training_splits(cfg)
@@ -119,7 +119,7 @@ def test_restored_optimizer_takes_the_new_config_values_not_the_checkpoints():
 
 
 def test_collapse_rule():
-    from jigclu.trainers.knn import CollapseRule, embedding_spread
+    from jigclu.evaluation.knn import CollapseRule, embedding_spread
 
     same = torch.nn.functional.normalize(torch.ones(50, 16), dim=1)
     assert embedding_spread(same) == pytest.approx(0.0, abs=1e-6)

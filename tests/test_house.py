@@ -1,5 +1,6 @@
 """The house rules (docs/architecture.md), checked on the source: no import circle, Ray only in
-its wrapper modules, ``jigclu`` never importing ``tune`` (the CLI aside), small files."""
+its wrapper modules, ``jigclu`` never importing ``tune`` (the CLI aside) nor ``benchmarks``, small files,
+no ``sys.path`` edits in ``benchmarks/`` or ``tests/``."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ RAY_WRAPPERS = {"jigclu.ray_train", "jigclu.ray_session", "jigclu.ray_preempt", 
 MAX_LINES = 400
 
 
-def _modules() -> dict[str, Path]:
-    found = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            found[".".join(parts)] = path
-    return found
+def _name(path: Path) -> str:
+    """The module name of ``path`` (a file under the repository root)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules(packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
+    return {_name(path): path for package in packages for path in sorted((ROOT / package).rglob("*.py"))}
 
 
 def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
@@ -81,6 +83,14 @@ def test_ray_is_imported_only_by_its_wrappers():
     assert not offenders, f"modules importing Ray outside the wrappers: {offenders}"
 
 
+def test_jigclu_and_tune_do_not_import_the_benchmarks():
+    """``benchmarks/`` is a package of the checkout, not of the install (``montage_check`` and
+    ``cluster_box``, harness both, live there)."""
+    offenders = sorted(name for name, deps in GRAPH.items()
+                       if any(d == "benchmarks" or d.startswith("benchmarks.") for d in deps))
+    assert not offenders, f"modules of the install importing benchmarks: {offenders}"
+
+
 def test_jigclu_does_not_import_tune_except_the_cli():
     offenders = sorted(name for name, deps in GRAPH.items()
                        if name.startswith("jigclu") and name != "jigclu.cli"
@@ -90,11 +100,39 @@ def test_jigclu_does_not_import_tune_except_the_cli():
 
 def test_benchmarks_do_not_import_the_cli():
     offenders = []
-    for path in sorted((ROOT / "benchmarks").glob("*.py")):
-        deps = _imports(path, f"benchmarks.{path.stem}", MODULES)
+    for name, path in _modules(("benchmarks",)).items():
+        deps = _imports(path, name, MODULES)
         if any(d.startswith("jigclu.cli") for d in deps):
-            offenders.append(path.name)
+            offenders.append(name)
     assert not offenders, f"benchmarks importing the CLI: {offenders}"
+
+
+def _is_sys_path(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "path"
+            and isinstance(node.value, ast.Name) and node.value.id == "sys")
+
+
+def _path_edits(path: Path) -> list[str]:
+    """Where ``path`` edits the import path: ``sys.path.insert/append/...``, an assignment to
+    ``sys.path`` (or an item of it), pytest's ``syspath_prepend``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and (node.attr == "syspath_prepend" or _is_sys_path(node.value)):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(_is_sys_path(t) or (isinstance(t, ast.Subscript) and _is_sys_path(t.value)) for t in targets):
+                found.append(f"{node.lineno}: assignment to sys.path")
+    return found
+
+
+def test_benchmarks_and_tests_do_not_edit_the_import_path():
+    """Benchmark modules import each other as ``benchmarks.<group>.<module>`` and run as ``python -m``;
+    tests import them the same way (pytest puts the repository root on the path: ``pythonpath`` in
+    pyproject.toml). A ``sys.path`` edit is how a second copy of a module, under another name, sneaks in."""
+    offenders = [f"{path.relative_to(ROOT)}:{where}" for folder in ("benchmarks", "tests")
+                 for path in sorted((ROOT / folder).rglob("*.py")) for where in _path_edits(path)]
+    assert not offenders, f"sys.path edited: {offenders}"
 
 
 def test_files_hold_one_idea():

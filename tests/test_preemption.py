@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.faults import faults_preempt  # the fault-matrix rows of this file
 from jigclu import preempt
 from jigclu.checkpoint import load_checkpoint
 from jigclu.cli import main
@@ -29,9 +30,6 @@ from jigclu.errors import JigcluError
 from jigclu.runs import RunLayout, find_checkpoint, read_metrics
 from jigclu.trainers import task_class
 from jigclu.trainers.loop import run
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import faults_preempt  # noqa: E402  (benchmarks/faults_preempt.py: the fault-matrix rows of this file)
 
 DATA = ["data.dataset=digits", "data.image_size=32", "model.width=8", "jigsaw.crop_size=32", "train.progress=false"]
 TASKS = {

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from jigclu.probe import ProbeResult, _stratified_split, linear_probe
+from jigclu.evaluation.probe import ProbeResult, _stratified_split, linear_probe
 
 
 def _blobs(n: int, dim: int, classes: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

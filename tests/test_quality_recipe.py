@@ -85,7 +85,7 @@ def test_recipe_checkpoint_exports_into_torchvision_with_the_same_probe(tmp_path
     from jigclu.data import load_dataset
     from jigclu.export import load_backbone_weights
     from jigclu.models import ResNetBackbone, torchvision_resnet
-    from jigclu.trainers.knn import KnnMonitor
+    from jigclu.evaluation.knn import KnnMonitor
 
     code = main(["pretrain", "--no-progress", "--config", RECIPE, "data.dataset=digits", "data.limit=512",
                  "data.batch_size=64", "train.epochs=1", "monitor.train_limit=400", "monitor.test_limit=200",
@@ -116,11 +116,10 @@ def test_recipe_checkpoint_exports_into_torchvision_with_the_same_probe(tmp_path
 
 
 @pytest.fixture()
-def equal_time(monkeypatch):
-    import importlib
+def equal_time():
+    from benchmarks.quality import equal_time
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports its siblings
-    return importlib.import_module("equal_time")
+    return equal_time
 
 
 @pytest.mark.parametrize("method", ["JigClu", "SimCLR", "supervised"])

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-import cluster_box
+from benchmarks.harness import cluster_box
 from jigclu import cli
 from jigclu.config import load_config
 from stream_data import CLASSES, write_source
@@ -61,7 +61,7 @@ def test_knn_streams_a_large_source_from_s3_with_the_scores_of_memory(tmp_path, 
 
 def test_test_score_streams_the_test_split_of_a_large_source(tmp_path, monkeypatch):
     from jigclu.models import JigCluModel
-    from jigclu.trainers.scoring import test_score
+    from jigclu.evaluation.scoring import test_score
 
     src = write_source(tmp_path / "pq", train=320, test=80, files=2, row_group=40)
     cfg = load_config(None, [f"data.dataset=parquet:{src}", STREAM, *TINY, "data.val_size=40",

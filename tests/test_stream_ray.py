@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-import cluster_box
+from benchmarks.harness import cluster_box
 from faults import KillOnce
 from jigclu.config import load_config
 from jigclu.runs import read_metrics

@@ -31,7 +31,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "tune" / "configs" / "pretrain_digits.yaml"
-# the fault matrix's sweep (benchmarks/faults_ray.py SWEEP_ARGS): digits, 4 trials x 3 epochs x 4 steps
+# the fault matrix's sweep (benchmarks/faults/faults_ray.py SWEEP_ARGS): digits, 4 trials x 3 epochs x 4 steps
 SWEEP_ARGS = ["config.train.epochs=3", "config.train.steps_per_epoch=4", "config.data.batch_size=32",
               "config.model.width=8", "config.monitor.train_limit=300", "config.monitor.test_limit=150",
               "num_samples=4", "max_concurrent=1", "scheduler.type=none", "time_budget_s=null"]

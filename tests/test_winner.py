@@ -60,8 +60,8 @@ def report_json(location: str) -> dict:
 def test_best_is_the_reports_winner_and_its_checkpoint_gives_the_ranked_value_back(sweep_dir, tmp_path):
     from jigclu.config import RunConfig, build_config
     from jigclu.models import build_backbone
-    from jigclu.trainers.common import training_splits
-    from jigclu.trainers.knn import held_out_monitor
+    from jigclu.data.splits import training_splits
+    from jigclu.evaluation.knn import held_out_monitor
 
     data = report_json(str(sweep_dir))
     best = data["best"]["trial_id"]
@@ -219,7 +219,7 @@ def test_a_sweep_in_object_storage(tmp_path, monkeypatch, capsys):
     """The same forms on an S3 endpoint (moto on 127.0.0.1, a few seconds)."""
     import pyarrow.fs as pafs
 
-    import cluster_box
+    from benchmarks.harness import cluster_box
 
     sweep = make_sweep(tmp_path / "local", "rt", trials=[{"id": "a", "curve": [70.0, 60.0], "done": True}])
     with_checkpoints(sweep, "a", {1: "pointer", 2: "pointer"}, pointer_run="rt-a")

@@ -9,7 +9,7 @@
   ``loss.temperature``, ``loss.w_loc``, ``loss.w_clu`` (``tune.spec.PBT_MUTABLE``). The restored
   trial trains with the mutated values: ``jigclu.trainers.loop.apply_configured``.
 - **Stop rule**: a trial whose embeddings collapsed (its result says ``collapsed``, see
-  ``jigclu.trainers.knn.CollapseRule``) is stopped; the report lists the reason.
+  ``jigclu.evaluation.knn.CollapseRule``) is stopped; the report lists the reason.
 
 Every component gets its metric and mode explicitly (the TuneConfig gets none), because ASHA's
 and the searcher's metrics may differ.

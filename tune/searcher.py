@@ -6,7 +6,7 @@ limiter's live trials) as separate files. A driver SIGKILLed between the two lea
 sweep with a running trial the searcher never heard of: Ray's OptunaSearch then fails the
 whole sweep with ``KeyError: '<trial id>'`` on that trial's first result, and the limiter drops
 its completion, so its Optuna trial stays RUNNING forever (measured by the fault matrix,
-``benchmarks/fault_matrix.py``). Here an unknown trial is *adopted*: it gets the study's RUNNING trial
+``benchmarks/faults/fault_matrix.py``). Here an unknown trial is *adopted*: it gets the study's RUNNING trial
 with the same parameters (the one the killed driver asked for), or, when there is none, a new
 Optuna trial enqueued with its parameters. Once every trial has ended, Optuna trials still
 RUNNING (asked by the killed driver for a trial that never started) are marked failed, so the

@@ -26,7 +26,7 @@ def check_data(sweep: Sweep) -> None:
     """One line before any trial starts: a validation split larger than the training split, or
     an objective that needs labels on a source without them."""
     from jigclu.data import load_dataset
-    from jigclu.trainers.common import split_validation
+    from jigclu.data.splits import split_validation
 
     cfg = sweep.trial_config({})
     train = load_dataset(cfg.data.dataset, "train", image_size=cfg.data.image_size, on_corrupt=cfg.data.on_corrupt)
@@ -46,7 +46,7 @@ def score_on_test(sweep: Sweep, layout: SweepLayout, say: Any = print) -> dict[s
     from the checkpoint of the epoch it is ranked by (the one ``SWEEP@best`` exports); writes and
     returns ``test_scores.json``."""
     from jigclu.checkpoint import load_checkpoint
-    from jigclu.trainers.scoring import test_score
+    from jigclu.evaluation.scoring import test_score
     from tune.report.checkpoints import NoCheckpoint, ranked_checkpoint
     from tune.report.data import load_sweep_dir
     from tune.report.summary import build_report

@@ -10,7 +10,8 @@ from jigclu.data.datasets import KNOWN_KINDS, load_dataset, parse_spec
 from jigclu.data.encoded import CorruptDataWarning, EncodedImageDataset
 from jigclu.data.idx import FASHION_MNIST_DIR, read_idx
 from jigclu.data.images import ImageDataset, TensorImageDataset, resize_uint8
-from jigclu.data.loader import ShardSampler, balanced_subset_indices, collate_uint8, make_loader
+from jigclu.data.loader import ShardSampler, collate_uint8, make_loader
+from jigclu.data.splits import balanced_subset_indices, seeded_subset, split_validation, training_splits
 from jigclu.data.request import MissingSplitError
 
 __all__ = [
@@ -31,5 +32,8 @@ __all__ = [
     "parse_spec",
     "read_idx",
     "resize_uint8",
+    "seeded_subset",
+    "split_validation",
+    "training_splits",
     "write_parquet",
 ]

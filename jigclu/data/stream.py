@@ -37,7 +37,7 @@ import torch
 from jigclu import storage
 from jigclu.data.encoded import probe_image
 from jigclu.data.images import ImageSize
-from jigclu.data.loader import VAL_SALT, stratified
+from jigclu.data.splits import VAL_SALT, stratified, val_count
 from jigclu.data.parquet import HINT, META_CHANNELS, META_CLASSES, META_IMAGE_SIZE, check_parquet_schema
 from jigclu.data.request import resolve
 from jigclu.errors import DataError
@@ -306,10 +306,7 @@ def _first_rows(units: list[Unit], limit: int) -> list[Unit]:
 def _carve_validation(plan: StreamPlan, fs: pafs.FileSystem, val_size: float, seed: int, where: str) -> StreamPlan:
     """Hold out a class-balanced, seeded validation split from a seeded sample of the train units."""
     total = plan.num_rows
-    count = int(val_size) if val_size >= 1 else round(val_size * total)
-    if count >= total or count < 1:
-        raise DataError(f"data.val_size={val_size:g} asks for {count} validation images but {where} has "
-                        f"{total} training images")
+    count = val_count(val_size, total, None, where)  # the classes are known once the labels are read
     order = np.random.default_rng(seed + VAL_SALT).permutation(len(plan.units))
     pool, rows = [], 0
     for i in order:
@@ -324,9 +321,7 @@ def _carve_validation(plan: StreamPlan, fs: pafs.FileSystem, val_size: float, se
         keep = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))
         labels.extend(read_rows(fs, unit, keep, columns=("label",))["label"])
         candidates.extend((i, int(r)) for r in keep)
-    if count < len(set(labels)):
-        raise DataError(f"data.val_size={val_size:g} gives {count} validation images, fewer than the classes of "
-                        f"{where}; use at least one per class")
+    val_count(val_size, total, len(set(labels)), where)
     chosen = stratified(torch.as_tensor(labels), count, seed + VAL_SALT).tolist()
     held: dict[int, list[int]] = {}
     for c in chosen:

@@ -33,7 +33,8 @@ from jigclu.jigsaw import step_seed
 from jigclu.models import ResNetBackbone, build_backbone
 from jigclu.preempt import ignore_in_loader_worker
 from jigclu.trainers.classify_augment import build_augment
-from jigclu.trainers.common import eval_images, seeded_subset, training_splits
+from jigclu.data.splits import seeded_subset, training_splits
+from jigclu.evaluation.inputs import eval_images
 from jigclu.trainers.loop import StepResult, Task, wrap_ddp
 from jigclu.trainers.protocols import PROTOCOLS, protocol_key, resolve_eval
 

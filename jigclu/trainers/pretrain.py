@@ -21,8 +21,9 @@ from jigclu.data.stream_loader import StreamLoader, read_sample
 from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import step_seed
 from jigclu.methods import METHODS, Method, build_method
-from jigclu.trainers.common import cosine_lambda, training_splits
-from jigclu.trainers.knn import CollapseRule, KnnMonitor, held_out_monitor
+from jigclu.data.splits import training_splits
+from jigclu.trainers.common import cosine_lambda
+from jigclu.evaluation.knn import CollapseRule, KnnMonitor, held_out_monitor
 from jigclu.trainers.loop import StepResult, Task, wrap_ddp
 
 class PretrainTask(Task):

@@ -16,8 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from jigclu.probe import linear_probe
-from jigclu.trainers.common import eval_images, seeded_subset, stack_items
+from jigclu.evaluation.probe import linear_probe
+from jigclu.data.splits import seeded_subset
+from jigclu.data.splits import stack_items
+from jigclu.evaluation.inputs import eval_images
 
 
 @torch.no_grad()
@@ -74,7 +76,7 @@ class KnnMonitor:
     ``bank`` images come from the training images, ``queries`` from a held-out split (the
     validation split carved from the training images, or the test split: ``split``), so the
     metric never scores an image against itself. With ``probe`` a linear probe is fitted on the
-    bank's pooled features and scored on the queries too (:func:`jigclu.probe.linear_probe`);
+    bank's pooled features and scored on the queries too (:func:`jigclu.evaluation.probe.linear_probe`);
     ``embed_std`` (:func:`embedding_spread` of the queries) shows a collapse.
     """
 

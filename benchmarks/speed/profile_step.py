@@ -10,7 +10,7 @@ in RESULTS.md.
 2. ``PatchAugment`` alone at 256 -> 112 px patches, 64 images (the data-pipeline setting whose
    target is hardest), after one warm-up call.
 
-    python benchmarks/profile_step.py
+    python -m benchmarks.speed.profile_step
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-import jigclu.augment.color as color_module  # noqa: E402
-import jigclu.augment.patch as patch_module  # noqa: E402
-from jigclu.augment import PatchAugment  # noqa: E402
-from jigclu.config import RunConfig  # noqa: E402
-from jigclu.jigsaw import patch_layout  # noqa: E402
-from jigclu.losses import JigCluLoss  # noqa: E402
-from jigclu.methods.jigclu import build_model, jigclu_losses, make_montages  # noqa: E402
-from step_cost import synthetic_images  # noqa: E402
+import jigclu.augment.color as color_module
+import jigclu.augment.patch as patch_module
+from benchmarks.harness import common
+from benchmarks.speed.step_cost import synthetic_images
+from jigclu.augment import PatchAugment
+from jigclu.config import RunConfig
+from jigclu.jigsaw import patch_layout
+from jigclu.losses import JigCluLoss
+from jigclu.methods.jigclu import build_model, jigclu_losses, make_montages
 
 OUT = common.BENCH_DIR / "profile_step.txt"
 PHASES = ("jigsaw: make_montages", "forward + losses", "backward", "optimizer step")
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     common.finish_info(info)
     phase_total = sum(phases.values()) or 1.0
     text = io.StringIO()
-    text.write("jigclu: profile of one JigClu pretraining step on CPU (written by benchmarks/profile_step.py)\n")
+    text.write("jigclu: profile of one JigClu pretraining step on CPU "
+               "(written by python -m benchmarks.speed.profile_step)\n")
     text.write("\n".join(f"{k}: {v}" for k, v in info.items()) + "\n\n")
     text.write(f"== 1. One training step: {label} ==\n\nPhases (CPU time incl. children):\n")
     for name in PHASES:

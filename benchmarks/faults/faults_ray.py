@@ -1,4 +1,4 @@
-"""The fault matrix's Ray rows (``benchmarks/fault_matrix.py``): a Train worker, a node, a sweep driver.
+"""The fault matrix's Ray rows (``benchmarks/faults/fault_matrix.py``): a Train worker, a node, a sweep driver.
 
 Each starts the real ``jigclu`` command, finds its victim from outside (by process, as an OOM
 killer or a failing machine would) and SIGKILLs it at a random moment.
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import psutil
-from fault_kit import Command, Row, cluster_box, epochs_of, judge, pretrain_args, user_saw, wait_for_epochs
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
+from benchmarks.faults.fault_kit import Command, Row, epochs_of, judge, pretrain_args, user_saw, wait_for_epochs
+from benchmarks.harness import cluster_box, common
 
 WORKER_TITLE = "ray::RayTrainWorker"
 SWEEP = common.REPO_ROOT / "tune" / "configs" / "pretrain_digits.yaml"

@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fault_kit import Row, cluster_box
-
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
+from benchmarks.faults.fault_kit import Row
+from benchmarks.harness import cluster_box, common
 
 BUCKET = "elastic"
 SWEEP = "el"

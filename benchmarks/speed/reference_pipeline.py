@@ -6,8 +6,8 @@ every crop through torchvision's PIL transforms, one image at a time on data-loa
 This module rebuilds that pipeline so :mod:`jigclu.augment` can be timed against it; it is not
 used for training.
 
-Run ``python benchmarks/reference_pipeline.py`` (with ``jigclu`` importable: installed, or
-``PYTHONPATH=.``) to print images/s on one CPU thread for both pipelines.
+Run ``python -m benchmarks.speed.reference_pipeline`` from the repository root (with ``jigclu``
+installed) to print images/s on one CPU thread for both pipelines.
 """
 
 from __future__ import annotations

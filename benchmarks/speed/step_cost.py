@@ -16,8 +16,8 @@ Targets (issue 8): JigClu/supervised <= 1.10, JigClu/two-view <= 0.60. The share
 pipeline (augment + permute + stitch, i.e. ``make_montages``) in a JigClu step is timed inside
 the same steps.
 
-    python benchmarks/step_cost.py            # all configurations, writes ## Step cost
-    python benchmarks/step_cost.py --quick    # fewer rounds, smaller batches (smoke run)
+    python -m benchmarks.speed.step_cost            # all configurations, writes ## Step cost
+    python -m benchmarks.speed.step_cost --quick    # fewer rounds, smaller batches (smoke run)
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-from jigclu.augment import IMAGENET_MEAN, IMAGENET_STD, PatchAugment, to_float_rgb  # noqa: E402
-from jigclu.config import RunConfig  # noqa: E402
-from jigclu.losses import JigCluLoss, nt_xent  # noqa: E402
-from jigclu.models import ResNetBackbone  # noqa: E402
-from jigclu.methods.jigclu import build_model, jigclu_losses, make_montages  # noqa: E402
-from jigclu.methods import build_augment  # noqa: E402
+from benchmarks.harness import common
+from jigclu.augment import IMAGENET_MEAN, IMAGENET_STD, PatchAugment, to_float_rgb
+from jigclu.config import RunConfig
+from jigclu.losses import JigCluLoss, nt_xent
+from jigclu.models import ResNetBackbone
+from jigclu.methods import build_augment
+from jigclu.methods.jigclu import build_model, jigclu_losses, make_montages
 
 TARGET_VS_SUPERVISED = 1.10
 TARGET_VS_TWO_VIEW = 0.60

@@ -10,6 +10,8 @@ the two setups.
 
 Shared by ``tests/test_global_montage.py`` (gloo on CPU) and ``benchmarks/gpu_check.py`` (NCCL on
 two GPUs; gloo on CUDA tensors when there is one GPU, since NCCL refuses two ranks on one device).
+The ranks are spawned processes: they import this module as ``benchmarks.harness.montage_check``,
+so run from the repository root (``python -m benchmarks.gpu_check``; pytest's ``pythonpath``).
 """
 
 from __future__ import annotations

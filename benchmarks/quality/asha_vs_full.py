@@ -27,7 +27,7 @@ Every sweep lives under ``--results DIR`` (default: ``bench-results/sweeps`` in 
 git-ignored): a run cut short (a session's end) is carried on by the same command, finished sweeps
 are read, not run again.
 
-    python benchmarks/asha_vs_full.py [--results DIR]     # writes the section of RESULTS.md
+    python -m benchmarks.quality.asha_vs_full [--results DIR]     # writes the section of RESULTS.md
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
+from benchmarks.harness import common
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 CONFIGS, EPOCHS, CONCURRENT, SEEDS, ETA = 27, 5, 2, (0, 1, 2), 3

@@ -18,7 +18,7 @@ with glibc's allocator told to keep freed memory (``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_``), because page faults on fresh multi-megabyte tensors are a large
 part of our cost on this machine (see the section's notes).
 
-    python benchmarks/pipeline.py             # writes ## Data pipeline
+    python -m benchmarks.speed.pipeline             # writes ## Data pipeline
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-from jigclu.augment import PatchAugment  # noqa: E402
-from jigclu.jigsaw import patch_layout  # noqa: E402
-from jigclu.methods.jigclu import make_montages  # noqa: E402
-from reference_pipeline import _synthetic_images, reference_transform  # noqa: E402
+from benchmarks.harness import common
+from benchmarks.speed.reference_pipeline import _synthetic_images, reference_transform
+from jigclu.augment import PatchAugment
+from jigclu.jigsaw import patch_layout
+from jigclu.methods.jigclu import make_montages
 
 TARGET = 5.0
 CROSS = 0.3
@@ -145,7 +145,7 @@ def section(results: list[tuple[str, list[dict[str, Any]]]], info: dict[str, str
     return "\n".join([
         "Images per second on **one CPU thread** (`torch.set_num_threads(1)`; PIL is single-threaded), "
         "4 patches per image (m = 2, cross ratio 0.3). *reference*: the reference implementation's "
-        "per-image PIL pipeline (`benchmarks/reference_pipeline.py`). *PatchAugment*: our batched "
+        "per-image PIL pipeline (`benchmarks/speed/reference_pipeline.py`). *PatchAugment*: our batched "
         "per-patch augmentation on a uint8 batch, called as `make_montages` calls it. *make_montages*: "
         "the trainer's whole jigsaw pipeline (augmentation + permutation + stitch). *resample only*: "
         "`PatchAugment(enabled=False)` (each box cut, resized and normalised, no colour jitter, grayscale, "
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, list[dict[str, Any]]]
     if not args.no_tuned:
         common.progress("pipeline: again in a child process with the tuned allocator")
         env = {**os.environ, **TUNED_MALLOC}
-        child = subprocess.run([sys.executable, __file__, "--json", "--rounds", str(args.rounds)], env=env,
-                               check=True, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "benchmarks.speed.pipeline", "--json", "--rounds", str(args.rounds)]
+        child = subprocess.run(cmd, env=env, cwd=common.REPO_ROOT, check=True, capture_output=True, text=True)
         results.append(("glibc tuned", json.loads(child.stdout.strip().splitlines()[-1])))
     common.print_table("Data pipeline, images/s per CPU thread (speed-up: median (min-max))", COLUMNS,
                        rows(results, rich=True))

@@ -15,7 +15,7 @@ command (Ray start, data load, teardown).
 Targets (from the issue): the Ray Data path's per-worker peak RSS grows <= 1.2x when the dataset
 grows 10x, at >= 0.8x the in-memory path's training throughput.
 
-    python benchmarks/stream_memory.py            # writes ## Streaming data: memory per worker
+    python -m benchmarks.speed.stream_memory            # writes ## Streaming data: memory per worker
 """
 
 from __future__ import annotations
@@ -33,12 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from jigclu.data import ImageDataset  # noqa: E402
+from benchmarks.harness import common
+from jigclu.data import ImageDataset
 
 TITLE = "Streaming data: memory per worker"
 SIZES = (12_000, 120_000)

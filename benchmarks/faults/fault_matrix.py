@@ -14,8 +14,8 @@ relies on:
 
 The cheap rows also run as tests (``tests/test_faults.py``), through the very functions here.
 
-    python benchmarks/fault_matrix.py                 # every row; writes ## Fault matrix
-    python benchmarks/fault_matrix.py --only sigint truncated
+    python -m benchmarks.faults.fault_matrix                 # every row; writes ## Fault matrix
+    python -m benchmarks.faults.fault_matrix --only sigint truncated
 """
 
 from __future__ import annotations
@@ -31,14 +31,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-from fault_kit import (COLUMNS, Command, Row, check_checkpoints, cluster_box, epochs_of, judge,  # noqa: E402
-                       EPOCHS, pretrain_args, resume, wait_for_epochs)
-
-import faults_elastic  # noqa: E402
-import faults_preempt  # noqa: E402
-import faults_ray  # noqa: E402
-from jigclu.runs import RunLayout  # noqa: E402
+from benchmarks.faults import faults_elastic, faults_preempt, faults_ray
+from benchmarks.faults.fault_kit import (COLUMNS, EPOCHS, Command, Row, check_checkpoints, epochs_of, judge,
+                                         pretrain_args, resume, wait_for_epochs)
+from benchmarks.harness import cluster_box, common
+from jigclu.runs import RunLayout
 
 
 def row_sigint(work: Path, rng: random.Random) -> Row:

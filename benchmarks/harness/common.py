@@ -7,7 +7,7 @@ a ratio alike, so the figure holds on a busy 2-core machine where absolute times
 
 ``benchmarks/RESULTS.md`` holds one ``## Section`` per benchmark script. A script replaces only
 its own section (:func:`write_section`) and keeps every other one, including sections other
-scripts write (``## Quality`` comes from ``benchmarks/quality.py``).
+scripts write (``## Quality`` comes from ``benchmarks/quality/quality.py``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout without install
-    sys.path.insert(0, str(REPO_ROOT))
+from jigclu.storage import write_atomic
 
-from jigclu.storage import write_atomic  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parents[1]  # benchmarks/: RESULTS.md and the figures it links
+REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 
 # Preferred order of sections in RESULTS.md; sections not listed (someone else's) keep their
@@ -41,8 +39,8 @@ SECTION_ORDER = ("Step cost", "Data pipeline", "Ray overhead", "Sweep efficiency
 
 HEADER = """# jigclu benchmarks
 
-Written by `make bench` (`benchmarks/run_all.py`); each `## Section` comes from one script under
-`benchmarks/` and can be refreshed alone (`python benchmarks/<script>.py`). Ratios are medians
+Written by `make bench` (`python -m benchmarks.speed.run_all`); each `## Section` comes from one module
+under `benchmarks/` and can be refreshed alone (`python -m benchmarks.<group>.<module>`). Ratios are medians
 of per-round ratios of contenders timed interleaved in one process, so they hold on a busy
 machine; absolute times are for orientation only.
 """
@@ -167,13 +165,17 @@ def _version(module: str) -> str:
 
 
 def command_line() -> str:
-    """The command that ran this benchmark, with the script path relative to the repository."""
-    script = Path(sys.argv[0])
-    try:
-        script = script.resolve().relative_to(REPO_ROOT)
-    except ValueError:
-        script = Path(script.name)
-    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+    """The command that ran this benchmark: ``python -m benchmarks.<group>.<module> ARGS``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:  # python -m NAME
+        name = spec.name.removesuffix(".__main__")
+    else:
+        script = Path(sys.argv[0]).resolve()
+        try:
+            name = ".".join(script.relative_to(REPO_ROOT).with_suffix("").parts)
+        except ValueError:
+            name = script.stem
+    return " ".join(["python", "-m", name, *map(shlex.quote, sys.argv[1:])])
 
 
 def machine_info(threads: int | str | None = None) -> dict[str, str]:

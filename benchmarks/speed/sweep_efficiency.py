@@ -19,7 +19,7 @@ What is measured, per round (a fresh sweep each round):
   time a trial slot spends on anything but the trial's work: ``(concurrency x sweep wall -
   sequential) / trials``.
 
-    python benchmarks/sweep_efficiency.py        # writes ## Sweep efficiency
+    python -m benchmarks.speed.sweep_efficiency        # writes ## Sweep efficiency
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
+from benchmarks.harness import common
 
 SWEEP_FILE = common.REPO_ROOT / "tune" / "configs" / "pretrain_digits.yaml"
 TRIALS, CONCURRENT, EPOCHS, STEPS = 8, 2, 2, 4
@@ -89,7 +89,7 @@ def section_pending(reason: str, info: dict[str, str]) -> str:
         "",
         "Once `tune.sweep` is in place this section reports a small sweep's wall time against running "
         "the same trials one by one in-process, and the per-trial overhead (see "
-        "`benchmarks/sweep_efficiency.py`).",
+        "`benchmarks/speed/sweep_efficiency.py`).",
         "",
         common.info_block(info),
     ])

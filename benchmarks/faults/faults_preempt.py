@@ -1,4 +1,4 @@
-"""The fault matrix's preemption rows (``benchmarks/fault_matrix.py``): SIGTERM mid-epoch, as a spot
+"""The fault matrix's preemption rows (``benchmarks/faults/fault_matrix.py``): SIGTERM mid-epoch, as a spot
 reclaim or a pod eviction sends it, to a single-process run and to one Ray Train worker.
 
 What a user relies on after a SIGTERM: the run stops within one step and one checkpoint write
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fault_kit import Command, Row, judge, pretrain_args, resume, wait_for_epochs
-
-from jigclu import storage  # noqa: E402
-from jigclu.runs import RunLayout  # noqa: E402
+from benchmarks.faults.fault_kit import Command, Row, judge, pretrain_args, resume, wait_for_epochs
+from benchmarks.harness import common
+from jigclu import storage
+from jigclu.runs import RunLayout
 
 EPOCHS, STEPS = 4, 24  # a longer epoch than the other rows': a SIGTERM lands mid-epoch, not at its end
 TWICE_EPOCHS = 3
@@ -160,7 +160,7 @@ def row_sigterm_ray_worker(work: Path, rng: random.Random, address: str | None =
     reports a mid-epoch checkpoint, Ray Train restarts the group, which continues from that step. With
     ``train.keep_checkpoints=2`` Ray keeps the last two epoch checkpoints, not the mid-epoch one in
     their place. ``address``: join that cluster (a test's Ray) instead of starting one."""
-    import faults_ray
+    from benchmarks.faults import faults_ray
 
     row, t0 = Row("SIGTERM of a Ray Train worker mid-epoch", "pretrain, 2 Ray Train workers"), time.time()
     name = "rterm"
@@ -241,7 +241,7 @@ def grace_period(work: Path, config: str = "configs/demo.yaml", fraction: float 
     its second epoch with the machine's default threads; with the epoch's step time for scale."""
     import torch
 
-    args = ["pretrain", "--no-progress", "--config", str(Path(__file__).resolve().parents[1] / config),
+    args = ["pretrain", "--no-progress", "--config", str(common.REPO_ROOT / config),
             f"output_dir={work}", "name=grace"]
     cmd = Command(args, work, {"OMP_NUM_THREADS": str(torch.get_num_threads())})
     run_dir = str(work / "grace")
@@ -259,10 +259,12 @@ def grace_period(work: Path, config: str = "configs/demo.yaml", fraction: float 
             "threads": torch.get_num_threads()}
 
 
-if __name__ == "__main__":  # python benchmarks/faults_preempt.py: the grace period at configs/demo.yaml
+if __name__ == "__main__":  # python -m benchmarks.faults.faults_preempt: the grace period at configs/demo.yaml
+    import argparse
     import json
-    import sys
     import tempfile
 
+    parser = argparse.ArgumentParser(description="the grace period a SIGTERM needs (printed as JSON)")
+    parser.add_argument("config", nargs="?", default="configs/demo.yaml", help="relative to the repository root")
     with tempfile.TemporaryDirectory(prefix="jf-grace-") as tmp:
-        print(json.dumps(grace_period(Path(tmp), *sys.argv[1:2]), indent=1))
+        print(json.dumps(grace_period(Path(tmp), parser.parse_args().config), indent=1))

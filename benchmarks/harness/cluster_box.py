@@ -1,4 +1,4 @@
-"""A cluster in a box for tests: a real S3 endpoint and a real multi-node Ray on 127.0.0.1.
+"""A cluster in a box for tests and the fault matrix: a real S3 endpoint and a real multi-node Ray on 127.0.0.1.
 
 * :class:`S3Endpoint`: moto's server mode (the S3 stand-in Ray's, pandas' and obstore's own
   test suites use) on a free loopback port, with dummy credentials, stopped by pid.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 VENV_BIN = str(Path(sys.executable).parent)
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where ``python -m benchmarks...`` finds the package
 
 
 def free_port() -> int:
@@ -189,8 +190,8 @@ class TcpProxy:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "proxy", str(self.port), str(self.target_port)],
-                                     start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.harness.cluster_box", "proxy", str(self.port),
+                                      str(self.target_port)], cwd=REPO_ROOT, start_new_session=True)
         _wait(lambda: _listening(self.port), 30, "the TCP proxy", interval=0.1)
 
     def stop(self) -> None:

@@ -1,11 +1,11 @@
 """Run every speed benchmark (``make bench``); each writes its own section of RESULTS.md.
 
-Each script runs in its own process, one after the other, so that thread settings, the
-allocator, imports and Ray of one do not colour the next, and one failing does not stop the
-rest. About 12-15 minutes on 2 cores.
+Each benchmark runs in its own process (``python -m benchmarks.speed.<name>``), one after the
+other, so that thread settings, the allocator, imports and Ray of one do not colour the next, and
+one failing does not stop the rest. About 12-15 minutes on 2 cores.
 
-    python benchmarks/run_all.py                    # everything
-    python benchmarks/run_all.py --only pipeline    # some of them
+    python -m benchmarks.speed.run_all                    # everything
+    python -m benchmarks.speed.run_all --only pipeline    # some of them
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import subprocess
 import sys
 import time
 
-import common  # noqa: E402  (sibling module)
+from benchmarks.harness import common
 
-SCRIPTS = {  # name -> script (run in this order)
-    "step_cost": "step_cost.py",
-    "pipeline": "pipeline.py",
-    "ray_overhead": "ray_overhead.py",
-    "montage_scope": "montage_scope.py",
-    "sweep_efficiency": "sweep_efficiency.py",
-    "profile_step": "profile_step.py",
+SCRIPTS = {  # name -> module (run in this order)
+    "step_cost": "benchmarks.speed.step_cost",
+    "pipeline": "benchmarks.speed.pipeline",
+    "ray_overhead": "benchmarks.speed.ray_overhead",
+    "montage_scope": "benchmarks.speed.montage_scope",
+    "sweep_efficiency": "benchmarks.speed.sweep_efficiency",
+    "profile_step": "benchmarks.speed.profile_step",
 }
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         print(f"\n== {name} ==", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(common.BENCH_DIR / SCRIPTS[name])], cwd=common.REPO_ROOT)
+        proc = subprocess.run([sys.executable, "-m", SCRIPTS[name]], cwd=common.REPO_ROOT)
         status.append((name, "ok" if proc.returncode == 0 else f"[bold red]failed ({proc.returncode})[/]",
                        common.fmt_s(time.perf_counter() - start)))
     common.print_table(f"Benchmarks run in {common.fmt_s(time.perf_counter() - total)}; "

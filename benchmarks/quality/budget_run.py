@@ -1,11 +1,11 @@
 """One budgeted pretraining run, scored on frozen features: the unit of work of ``quality.py``.
 
-    python benchmarks/budget_run.py --method jigclu --points 5,10,20,30 --out run.json [key=value ...]
+    python -m benchmarks.quality.budget_run --method jigclu --points 5,10,20,30 --out run.json [key=value ...]
 
-Trains ``--method`` (jigclu, simclr or supervised; ``benchmarks/equal_time.py``) on the whole
+Trains ``--method`` (jigclu, simclr or supervised; ``benchmarks/quality/equal_time.py``) on the whole
 training split for the last of ``--points`` minutes of wall clock, keeps the backbone at each
 point, then scores every snapshot on frozen, globally pooled features (``KnnMonitor`` with
-``probe``: the standardised-feature logistic-regression probe of ``jigclu/probe.py``, its L2
+``probe``: the standardised-feature logistic-regression probe of ``jigclu/evaluation/probe.py``, its L2
 strength chosen on a seeded 20% of the training side, and kNN with k = 20, cosine, the whole
 training split as the bank), always on the whole test split. Writes one JSON file. ``--points 0``
 scores the random initialisation. The recipe is ``--config`` (``configs/fashion_mnist.yaml``)
@@ -27,16 +27,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import common  # noqa: F401  (sibling module; puts the repository on sys.path)
-from equal_time import SupervisedMethod, train_for_budget
+from benchmarks.harness import common
+from benchmarks.quality.equal_time import SupervisedMethod, train_for_budget
 from jigclu.checkpoint import save_checkpoint
 from jigclu.config import load_config
 from jigclu.data import load_dataset
 from jigclu.errors import JigcluError
 from jigclu.methods import build_method
 from jigclu.models import ResNetBackbone
-from jigclu.probe import linear_probe
-from jigclu.trainers.knn import KnnMonitor, knn_predict, topk_accuracy
+from jigclu.evaluation.probe import linear_probe
+from jigclu.evaluation.knn import KnnMonitor, knn_predict, topk_accuracy
 
 # kNN monitors as runs configure them: (bank, queries); the old demo's and configs/fashion_mnist.yaml's
 MONITORS = {"5k_1k": (5000, 1000), "10k_2k": (10000, 2000)}

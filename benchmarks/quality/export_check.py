@@ -1,6 +1,6 @@
 """Does ``jigclu export`` of a pretraining checkpoint reproduce its probe in a plain torchvision ResNet?
 
-    python benchmarks/export_check.py CHECKPOINT OUT.json [key=value ...]
+    python -m benchmarks.quality.export_check CHECKPOINT OUT.json [key=value ...]
 
 Runs the real ``jigclu export`` command on CHECKPOINT, loads the file into
 ``torchvision.models.ResNet`` (``jigclu.models.torchvision_resnet``: torchvision's class, only
@@ -11,6 +11,7 @@ Writes both and their difference to OUT.json (the quality benchmark wants it wit
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,15 +21,19 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (sibling module; puts the repository on sys.path)
-from budget_run import DEFAULT_CONFIG, backbone_of, load_splits, score
+from benchmarks.quality.budget_run import DEFAULT_CONFIG, backbone_of, load_splits, score
 from jigclu.config import load_config
 from jigclu.export import load_backbone_weights
 from jigclu.models import torchvision_resnet
 
 
 def main(argv: list[str]) -> int:
-    ckpt, out, overrides = argv[0], Path(argv[1]), argv[2:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a pretraining checkpoint (budget_run.py --save)")
+    parser.add_argument("out", type=Path, help="where the JSON result goes")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="on top of configs/fashion_mnist.yaml")
+    args = parser.parse_args(argv)
+    ckpt, out, overrides = args.checkpoint, args.out, args.overrides
     cfg = load_config(DEFAULT_CONFIG, overrides)
     train, test = load_splits(cfg)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""How a fault-matrix row runs jigclu and judges what the fault left (``benchmarks/fault_matrix.py``).
+"""How a fault-matrix row runs jigclu and judges what the fault left (``benchmarks/faults/fault_matrix.py``).
 
 A row starts the real ``jigclu`` command in a child process of its own session, injects its
 fault from outside, and then checks the run with :func:`judge`: completed epochs trained twice
@@ -17,15 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-
-sys.path.insert(0, str(common.REPO_ROOT / "tests"))
-import cluster_box  # noqa: E402,F401  (the S3 endpoint and multi-node Ray of the tests; for the rows)
-
-from jigclu import storage  # noqa: E402
-from jigclu.checkpoint import load_checkpoint  # noqa: E402
-from jigclu.errors import JigcluError  # noqa: E402
-from jigclu.runs import RunLayout  # noqa: E402
+from benchmarks.harness import common
+from jigclu import storage
+from jigclu.checkpoint import load_checkpoint
+from jigclu.errors import JigcluError
+from jigclu.runs import RunLayout
 
 # a small real pretraining run: digits at 32 px, 8 steps of 32 images per epoch
 TINY = ["data.dataset=digits", "data.image_size=32", "data.batch_size=32", "data.limit=256", "model.width=8",

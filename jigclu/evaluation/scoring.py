@@ -1,7 +1,7 @@
 """Scoring a backbone once on a dataset: ``jigclu knn`` (:func:`knn_eval`) and a sweep's one test
 score of its selected trials (:func:`test_score`), by kNN and, with ``monitor.probe``, the probe.
 
-A small source's images are read whole into a :class:`~jigclu.trainers.knn.KnnMonitor`. A ``parquet:`` source of at least ``data.stream_min_images`` training rows
+A small source's images are read whole into a :class:`~jigclu.evaluation.knn.KnnMonitor`. A ``parquet:`` source of at least ``data.stream_min_images`` training rows
 (the size from which pretraining streams it) is read through its plan
 (:mod:`jigclu.data.stream`) instead: the bank is a seeded sample of ``monitor.train_limit``
 training rows (whole row groups in a seeded order, as the streamed monitor's bank), the queries are
@@ -22,7 +22,7 @@ from jigclu.data.datasets import parse_spec
 from jigclu.data.stream import StreamPlan, Unit, plan_for, plan_stream
 from jigclu.data.stream_loader import sample_chunks
 from jigclu.errors import DataError
-from jigclu.trainers.knn import KnnMonitor, feature_scores, held_out_monitor, pooled_features
+from jigclu.evaluation.knn import KnnMonitor, feature_scores, held_out_monitor, pooled_features
 
 
 def test_score(cfg: Any, model_state: dict[str, Any], device: str = "cpu") -> dict[str, float]:
@@ -30,7 +30,7 @@ def test_score(cfg: Any, model_state: dict[str, Any], device: str = "cpu") -> di
     validation split): the same bank as its monitor (training images, validation split excluded),
     the kNN and, with ``monitor.probe``, the linear probe."""
     from jigclu.methods import build_method
-    from jigclu.trainers.common import training_splits
+    from jigclu.data.splits import training_splits
 
     model = build_method(cfg).model  # the method's network: backbone + its heads
     model.load_state_dict(model_state)

@@ -1,20 +1,20 @@
 """Quality benchmark: how good are JigClu's features, at equal CPU time with SimCLR? (make bench-quality)
 
-    python benchmarks/quality.py                       # the whole table (the time budget is printed first)
-    python benchmarks/quality.py --points 2.5,5,10,15  # a shorter curve
-    python benchmarks/quality.py --render DIR          # redraw RESULTS.md from the JSON files of a run
-    python benchmarks/quality.py --quick               # smoke run, seconds per stage, numbers meaningless
+    python -m benchmarks.quality.quality                       # the whole table (the time budget is printed first)
+    python -m benchmarks.quality.quality --points 2.5,5,10,15  # a shorter curve
+    python -m benchmarks.quality.quality --render DIR          # redraw RESULTS.md from the JSON files of a run
+    python -m benchmarks.quality.quality --quick               # smoke run, seconds per stage, numbers meaningless
 
 Everything scores frozen, globally pooled features on the whole Fashion-MNIST test split (10k; the
 scikit-learn digits when Fashion-MNIST is not installed) with the same two measures
-(``benchmarks/budget_run.py``): the linear probe of ``jigclu/probe.py`` (standardised features,
+(``benchmarks/quality/budget_run.py``): the linear probe of ``jigclu/evaluation/probe.py`` (standardised features,
 full-batch multinomial logistic regression, L2 strength chosen on a seeded 20% of the training
 side) and kNN (k = 20, cosine, the whole training split as the bank). Stages:
 
 1. **ablation**: one row per change of the recipe (``configs/fashion_mnist.yaml``), each for
    ``--ablation-min`` minutes with every seed of ``--seeds``;
 2. **curve**: JigClu and SimCLR (same backbone, augmentation ops, optimiser, data order;
-   ``benchmarks/equal_time.py``) trained side by side for the same wall clock, snapshots scored
+   ``benchmarks/quality/equal_time.py``) trained side by side for the same wall clock, snapshots scored
    at each budget point;
 3. **references**: random init, raw pixels, and the same backbone trained supervised;
 4. **semi 1%**: ``jigclu semi`` on 1% of the labels (600, class-balanced) from the JigClu
@@ -42,12 +42,11 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-import common  # noqa: F401  (sibling module; puts the repository on sys.path)
-import quality_report
+from benchmarks.harness import common
+from benchmarks.quality import quality_report
 from jigclu.data import FASHION_MNIST_DIR
 
 PY = sys.executable
-BENCH = Path(__file__).resolve().parent
 
 # (key, what changed vs the shipped recipe, overrides)
 ABLATION = [
@@ -65,7 +64,7 @@ def dataset() -> str:
 
 
 def job(out: Path, method: str, points: str, *overrides: str, save: Path | None = None) -> list[str]:
-    cmd = [PY, str(BENCH / "budget_run.py"), "--threads", "1", "--method", method, "--points", points,
+    cmd = [PY, "-m", "benchmarks.quality.budget_run", "--threads", "1", "--method", method, "--points", points,
            "--out", str(out), *overrides]
     return cmd + (["--save", str(save)] if save else [])
 
@@ -84,7 +83,8 @@ def run_pairs(jobs: list[tuple[Path, list[str]]], label: str, minutes: float, en
             procs = []
             for out, cmd in todo[i:i + 2]:
                 log = out.with_suffix(".log").open("w")
-                procs.append((out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+                procs.append((out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                    cwd=common.REPO_ROOT), log))
             while any(p.poll() is None for _, p, _ in procs):
                 time.sleep(1.0)
                 bar.update(task, completed=min(time.perf_counter() - start, 0.99 * minutes * 60))
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         quality_report.write(Path(args.render), ABLATION, args)
         return 0
-    root = Path(args.results or tempfile.mkdtemp(prefix="jigclu-quality-"))
+    root = Path(args.results or tempfile.mkdtemp(prefix="jigclu-quality-")).resolve()  # the jobs run in the repository
     root.mkdir(parents=True, exist_ok=True)
     est = stage_minutes(args)
     print(f"quality benchmark on {dataset()}, CPU {torch.backends.cpu.get_cpu_capability()}, results in {root}: "
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                (root / "ref-init.json", job(root / "ref-init.json", "jigclu", "0", "--pixels", *data))],
               "references", est["references"], env)
     run_pairs(semi_jobs(root, ckpt, args.semi_epochs, args.quick), "semi 1%", est["semi 1%"], env)
-    run_pairs([(root / "export.json", [PY, str(BENCH / "export_check.py"), str(ckpt), str(root / "export.json"), *data])],
+    run_pairs([(root / "export.json", [PY, "-m", "benchmarks.quality.export_check", str(ckpt), str(root / "export.json"),
+                                       *data])],
               "export", est["export"], env)
     (root / "meta.json").write_text(json.dumps({"minutes": (time.perf_counter() - t0) / 60, "dataset": dataset(),
                                                 "cpu": torch.backends.cpu.get_cpu_capability()}))

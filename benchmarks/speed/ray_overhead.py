@@ -16,7 +16,7 @@ end-of-epoch time and epoch duration):
 - *teardown*: end of the last epoch -> ``launch`` returns (last checkpoint, worker shutdown,
   result collection).
 
-    python benchmarks/ray_overhead.py             # writes ## Ray overhead
+    python -m benchmarks.speed.ray_overhead             # writes ## Ray overhead
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
+from benchmarks.harness import common  # noqa: E402  (after the environment above)
 
 FAST_POLL_S = "0.25"
 MODES = {  # name -> (scaling.workers, extra environment for the run)

@@ -7,7 +7,7 @@ permutation, per-patch features all-gathered with gradient) and with ``local`` (
 jigsaws its own images), alternating the order. The ratio global/local is the cost of the
 reference's cross-worker montage on this machine.
 
-    python benchmarks/montage_scope.py [--rounds N]
+    python -m benchmarks.speed.montage_scope [--rounds N]
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-import common  # noqa: E402  (sibling module; puts the repository on sys.path)
-from jigclu.augment import PatchAugment  # noqa: E402
-from jigclu.losses import JigCluLoss  # noqa: E402
-from jigclu.models import JigCluModel  # noqa: E402
-from jigclu.methods.jigclu import jigclu_losses, make_montages  # noqa: E402
+from benchmarks.harness import common
+from jigclu.augment import PatchAugment
+from jigclu.losses import JigCluLoss
+from jigclu.methods.jigclu import jigclu_losses, make_montages
+from jigclu.models import JigCluModel
 
 WORLD, GLOBAL_BATCH, CROP, GRID = 2, 128, 32, 2
 
