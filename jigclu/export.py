@@ -51,10 +51,27 @@ class BackboneWeights:
         return infer_arch(self.state)
 
 
+_LAST_READ: list[tuple[tuple[str, float | None], "BackboneWeights"]] = []  # this process's last read
+
+
 def load_backbone_weights(path: str | Path) -> BackboneWeights:
     """Read the backbone of a checkpoint file or run directory (local or a storage URI; see
-    :func:`jigclu.runs.find_checkpoint`)."""
+    :func:`jigclu.runs.find_checkpoint`).
+
+    A process reads one checkpoint once: the run's set-up (:func:`adopt_pretrained`) and its trainer both
+    ask for it, and an ImageNet ResNet-50's weights are 100 MB from a bucket. The last read is kept and
+    given again while its file and modification time are the same (nothing writes into its tensors:
+    they are copied into the model)."""
     file = find_checkpoint(str(path))
+    key = (file, storage.mtime(file))
+    if _LAST_READ and _LAST_READ[0][0] == key:
+        return _LAST_READ[0][1]
+    weights = _read_backbone(file)
+    _LAST_READ[:] = [(key, weights)]
+    return weights
+
+
+def _read_backbone(file: str) -> BackboneWeights:
     state = load_checkpoint(file, map_location="cpu")
     try:
         weights = backbone_state(state)

@@ -16,16 +16,19 @@ from jigclu.context import LocalContext, resolve_device
 from jigclu.data.stream import choose_loader
 from jigclu.preempt import stop_on_sigterm
 from jigclu.progress import Display
-from jigclu.runs import RunLayout, cleanup_failed, guard_new_run, run_name, run_root
+from jigclu.runs import cleanup_failed, open_run, run_name, run_root
 from jigclu.trainers import DOWNSTREAM, run_task, task_class
 
 def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = None) -> RunConfig:
-    """Everything that can be checked before anything starts, applied to ``cfg``.
+    """The run's config, resolved completely before anything starts: every run (``jigclu <task>``, Ray
+    Train, a sweep's trial) starts from what this returns, and no trainer resolves anything again.
 
     Downstream tasks adopt their pretrained checkpoint's ``model.arch``/``model.width`` where
     the user set none (:func:`jigclu.export.adopt_pretrained`) and get their protocol's paper
-    defaults filled in, so a bad checkpoint fails before a run directory exists and the saved
-    ``config.yaml`` says exactly what ran. Sweeps call this for every trial too.
+    defaults filled in, the input size included (the dataset's own for finetune), so a bad
+    checkpoint fails before a run directory exists and the saved ``config.yaml`` (written once,
+    :func:`jigclu.runs.RunLayout.save_config`) says exactly what ran. Then the run's name, its
+    storage's syntax and its loader.
     """
     task_class(task)  # an unknown task is one line
     if task in DOWNSTREAM:
@@ -35,11 +38,23 @@ def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = No
         cfg, notes = adopt_pretrained(cfg)
         for note in notes:
             (notify or print)(note)
-        cfg = resolve_eval(cfg, task)
+        cfg = resolve_eval(cfg, task, native_size(cfg) if task == "finetune" else None)
     cfg.name = run_name(task, cfg.name)
     storage.check_syntax(run_root(cfg))
     cfg.data.loader = choose_loader(task, cfg)  # the saved config says which loader ran
     return cfg
+
+
+def native_size(cfg: RunConfig) -> int | None:
+    """The side finetune trains at when ``eval.image_size`` is unset: ``data.image_size``, else the
+    training images' own (lazy sources read one image for it)."""
+    if cfg.eval.image_size is not None:
+        return None
+    if cfg.data.image_size is not None:
+        return cfg.data.image_size
+    from jigclu.data import load_dataset
+
+    return int(max(load_dataset(cfg.data.dataset, "train", on_corrupt=cfg.data.on_corrupt).image_size))
 
 
 def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False, progress: Display = True,
@@ -52,9 +67,7 @@ def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = F
 
         return launch_ray(task, cfg, resume=resume, verbose=verbose, progress=progress, address=address)
     device = resolve_device(cfg.device)
-    layout = RunLayout.of(run_root(cfg), cfg.name)
-    storage.check_writable(layout.root)
-    created = guard_new_run(layout, resume)
+    layout, created = open_run(cfg, resume)
     layout.save_config(cfg)
     ctx = LocalContext(layout.root, device=device, resume=resume, progress=progress if cfg.train.progress else False,
                        keep=cfg.train.keep_checkpoints)
@@ -64,4 +77,4 @@ def launch(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = F
     return summary
 
 
-__all__ = ["launch", "prepare"]
+__all__ = ["launch", "prepare", "native_size"]

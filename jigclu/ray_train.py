@@ -37,7 +37,7 @@ from jigclu.preempt import Preempted
 from jigclu.progress import Display
 from jigclu.ray_data import quiet_data_context, train_datasets
 from jigclu.retrying_fs import retrying_filesystem
-from jigclu.runs import (RunLayout, cleanup_failed, guard_new_run, ray_checkpoint_name, run_name, run_root)
+from jigclu.runs import RunLayout, cleanup_failed, open_run, ray_checkpoint_name, run_root
 from jigclu.trainers import epoch_line, run_task
 from jigclu.values import jsonable
 
@@ -105,7 +105,7 @@ class RayTrainContext:
 
         Ray's checkpoint is the newest its controller collected; a worker may have persisted newer
         ones whose reports were still uncollected when its node died (2 epochs redone without
-        this: ``benchmarks/fault_matrix.py``). An unreadable newest one falls back to the previous one
+        this: ``benchmarks/faults/fault_matrix.py``). An unreadable newest one falls back to the previous one
         with a warning (:meth:`RunLayout.load_latest`).
         """
         if ray.train.get_checkpoint() is None and not self.layout.has_checkpoint():
@@ -269,12 +269,9 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
                progress: Display = True, address: str | None = None,
                after_report: ReportHook | None = None) -> dict[str, Any]:
     """Run ``task`` under Ray Train; same return value as :func:`jigclu.launch.launch` (which
-    :func:`~jigclu.launch.prepare`\ s the config first)."""
-    cfg.name = run_name(task, cfg.name)
+    :func:`~jigclu.launch.prepare`\ s the config first: ``cfg`` is a prepared one)."""
+    layout, created = open_run(cfg, resume)
     root = run_root(cfg)
-    layout = RunLayout.of(root, cfg.name)
-    storage.check_writable(root)
-    created = guard_new_run(layout, resume)
     init_ray(address, verbose, num_cpus=_local_cpus(cfg))
     quiet_data_context(verbose)
     check_resources(cfg, local_cluster=not (address or os.environ.get("RAY_ADDRESS")))

@@ -250,6 +250,15 @@ def guard_new_run(layout: RunLayout, resume: bool) -> bool:
     return not layout.exists()
 
 
+def open_run(cfg: Any, resume: bool) -> tuple[RunLayout, bool]:
+    """The run directory of a prepared config (``<storage or output_dir>/<name>``), checked writable and
+    guarded (:func:`guard_new_run`): the one set-up a run gets wherever it trains (here or on Ray Train).
+    Returns the layout and whether the directory is new; nothing is written yet."""
+    layout = RunLayout.of(run_root(cfg), cfg.name)
+    storage.check_writable(layout.root)
+    return layout, guard_new_run(layout, resume)
+
+
 def cleanup_failed(layout: RunLayout, created: bool, run: Callable[[], Any]) -> Any:
     """Run ``run()``; a run that fails before its first checkpoint leaves no directory behind."""
     try:
@@ -264,5 +273,5 @@ def cleanup_failed(layout: RunLayout, created: bool, run: Callable[[], Any]) -> 
         raise
 
 
-__all__ = ["RunLayout", "run_name", "run_root", "ray_checkpoint_name", "read_metrics", "find_checkpoint", "guard_new_run",
+__all__ = ["RunLayout", "run_name", "run_root", "ray_checkpoint_name", "read_metrics", "find_checkpoint", "guard_new_run", "open_run",
            "cleanup_failed", "warn", "CONFIG_FILE", "METRICS_FILE", "STATE_FILE"]

@@ -24,6 +24,7 @@ from jigclu.trainers.classify_augment import PadCropFlip
 from jigclu.trainers.protocols import resolve_eval
 from jigclu.evaluation.knn import knn_predict, topk_accuracy
 from jigclu.trainers.loop import run
+from jigclu.launch import prepare
 from jigclu.trainers import run_task
 from jigclu.trainers.semi import SUBSET_FILE, SemiTask, read_label_file
 
@@ -43,6 +44,11 @@ def pretrained(tmp_path_factory) -> Path:
     return out / "run"
 
 
+def train(task: str, cfg, ctx) -> dict:
+    """A downstream run as every product path starts one: its config prepared (resolved) first."""
+    return run_task(task, prepare(task, cfg), ctx)
+
+
 def cfg_for(tmp_path: Path, *extra: str):
     return load_config(None, SHORT + [f"output_dir={tmp_path}", *extra])
 
@@ -60,7 +66,7 @@ def backbone_of(state: dict) -> dict[str, torch.Tensor]:
 
 def test_linear_keeps_backbone_and_batchnorm_frozen(tmp_path, pretrained):
     cfg = cfg_for(tmp_path, f"eval.pretrained={pretrained}", "eval.lr=1.0")
-    summary = run_task("linear", cfg, LocalContext(tmp_path / "lin", progress=False))
+    summary = train("linear", cfg, LocalContext(tmp_path / "lin", progress=False))
     before = backbone_of(load_checkpoint(pretrained))
     after_state = load_checkpoint(tmp_path / "lin")
     after = backbone_of(after_state)
@@ -81,10 +87,10 @@ def test_linear_keeps_backbone_and_batchnorm_frozen(tmp_path, pretrained):
 
 def test_linear_resumes_after_crash(tmp_path, pretrained):
     args = (f"eval.pretrained={pretrained}", "eval.epochs=3", "eval.lr=1.0")
-    run_task("linear", cfg_for(tmp_path, *args), LocalContext(tmp_path / "straight", progress=False))
+    train("linear", cfg_for(tmp_path, *args), LocalContext(tmp_path / "straight", progress=False))
     with pytest.raises(SimulatedCrash):
-        run_task("linear", cfg_for(tmp_path, *args), CrashingContext(tmp_path / "crashed", progress=False, stop_after_epoch=0))
-    summary = run_task("linear", cfg_for(tmp_path, *args), LocalContext(tmp_path / "crashed", resume=True, progress=False))
+        train("linear", cfg_for(tmp_path, *args), CrashingContext(tmp_path / "crashed", progress=False, stop_after_epoch=0))
+    summary = train("linear", cfg_for(tmp_path, *args), LocalContext(tmp_path / "crashed", resume=True, progress=False))
     assert summary["start_epoch"] == 1 and summary["epochs_run"] == 2
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "crashed")
     assert a["epoch"] == b["epoch"] == 2
@@ -130,7 +136,7 @@ def test_semi_keeps_two_learning_rates_every_epoch(tmp_path, pretrained):
     cfg = cfg_for(tmp_path, f"eval.pretrained={pretrained}", "eval.epochs=4", "eval.milestones=[1,3]",
                   "eval.lr=0.01", "eval.classifier_lr=0.2", "eval.labels=20%", "train.steps_per_epoch=2")
     task = MeasuredSemi()
-    run(task, cfg, LocalContext(tmp_path / "semi", progress=False))
+    run(task, prepare("semi", cfg), LocalContext(tmp_path / "semi", progress=False))
     scale = [1.0, 0.1, 0.1, 0.01]
     assert [e for e, _b, _c in task.applied] == [0, 0, 1, 1, 2, 2, 3, 3]
     # the update each parameter really got: backbone at eval.lr, classifier at eval.classifier_lr
@@ -158,7 +164,7 @@ def test_semi_paper_rates_per_fraction():
 def _subset(tmp_path: Path, name: str, seed: int) -> list[int]:
     cfg = cfg_for(tmp_path, "eval.labels=10%", f"eval.label_seed={seed}", "eval.epochs=1",
                   "train.steps_per_epoch=1", f"name={name}")
-    run_task("semi", cfg, LocalContext(tmp_path / name, progress=False))
+    train("semi", cfg, LocalContext(tmp_path / name, progress=False))
     lines = (tmp_path / name / SUBSET_FILE).read_text().splitlines()
     return [int(x) for x in lines if x and not x.startswith("#")]
 
@@ -179,7 +185,7 @@ def test_semi_label_subset_is_balanced_saved_and_seeded(tmp_path):
 @pytest.mark.parametrize("task", ["linear", "semi"])
 def test_bf16_autocast_downstream_epoch_on_cpu(tmp_path, pretrained, task):
     """train.amp=bf16 on CPU: a finite first-step loss near fp32's (and not fp32's own), finite val scores."""
-    runner = partial(run_task, task)
+    runner = partial(train, task)
     first = {}
     for amp in ("none", "bf16"):
         cfg = cfg_for(tmp_path, f"eval.pretrained={pretrained}", "eval.epochs=1", "train.steps_per_epoch=1",
@@ -218,13 +224,13 @@ def test_pad_crop_flip_cuts_windows_of_the_padded_image():
 
 
 def test_finetune_protocols(tmp_path):
-    run_task("finetune", cfg_for(tmp_path, "eval.protocol=linear"), LocalContext(tmp_path / "lin", progress=False))
+    train("finetune", cfg_for(tmp_path, "eval.protocol=linear"), LocalContext(tmp_path / "lin", progress=False))
     state = load_checkpoint(tmp_path / "lin")
     ev = state["config"]["eval"]
     assert (ev["lr"], ev["gamma"], ev["weight_decay"], ev["image_size"]) == (10.0, 0.2, 0.0, 32)
     assert [g["name"] for g in state["optimizer"]["param_groups"]] == ["classifier"]
 
-    run_task("finetune", cfg_for(tmp_path, "eval.epochs=2", "train.steps_per_epoch=null", "eval.batch_size=64"),
+    train("finetune", cfg_for(tmp_path, "eval.epochs=2", "train.steps_per_epoch=null", "eval.batch_size=64"),
                  LocalContext(tmp_path / "ft", progress=False))
     ev = load_checkpoint(tmp_path / "ft")["config"]["eval"]
     assert (ev["protocol"], ev["lr"], ev["weight_decay"]) == ("finetune", 0.1, 5e-4)

@@ -36,7 +36,7 @@ from jigclu.trainers.classify_augment import build_augment
 from jigclu.data.splits import seeded_subset, training_splits
 from jigclu.evaluation.inputs import eval_images
 from jigclu.trainers.loop import StepResult, Task, wrap_ddp
-from jigclu.trainers.protocols import PROTOCOLS, protocol_key, resolve_eval
+from jigclu.trainers.protocols import PROTOCOLS, protocol_key
 
 _AUG_SALT = 17
 _EVAL_BATCH = 256
@@ -145,11 +145,12 @@ class ClassifyTask(Task):
     def setup(self, cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None) -> None:
         self.device = device = ctx.device
         world, rank = dist.world_size(), dist.rank()
+        ev = cfg.eval
+        if not (ev.batch_size and ev.epochs and ev.lr and ev.image_size and ev.gamma and ev.milestones is not None):
+            raise ConfigError(f"{self.name}: eval.* is not resolved; start the run from jigclu.launch.prepare")
+        self.cfg, proto = cfg, PROTOCOLS[protocol_key(self.name, cfg)]
         self.data = data = self.load_splits(cfg, state)
-        self.cfg = cfg = resolve_eval(cfg, self.name, int(max(data.train.image_size)))
-        ev, proto = cfg.eval, PROTOCOLS[protocol_key(self.name, cfg)]
         self.frozen = proto.frozen
-        assert ev.batch_size and ev.epochs and ev.lr and ev.image_size and ev.gamma  # resolved above
         if ev.batch_size % world:
             raise ConfigError(f"eval.batch_size={ev.batch_size} is not divisible by {world} workers")
         if len(data.train) == 0:
@@ -183,11 +184,6 @@ class ClassifyTask(Task):
         self.loader, self.sampler = make_loader(data.train, ev.batch_size // world, num_replicas=world, rank=rank,
                                                 seed=cfg.seed, drop_last=False, num_workers=cfg.data.num_workers,
                                                 pin_memory=device.type == "cuda")
-
-    def on_start(self, ctx: RunContext) -> None:
-        layout = ctx.where()
-        if layout is not None:
-            layout.save_config(self.cfg)  # the resolved recipe, ready to re-run
 
     def start_epoch(self, epoch: int, skip: int = 0) -> None:
         super().start_epoch(epoch, skip)

@@ -44,7 +44,6 @@ class SemiTask(ClassifyTask):
         return select_labels(cfg, train, state)
 
     def on_start(self, ctx: RunContext) -> None:
-        super().on_start(ctx)
         layout = ctx.where()
         if layout is not None and self.data.subset is not None:
             storage.write_atomic(layout.file(SUBSET_FILE), subset_text(self.cfg, self.data.note, self.data.subset))
