@@ -27,6 +27,7 @@ from jigclu.config import load_config
 from jigclu.context import LocalContext
 from jigclu.data.loader import ShardSampler
 from jigclu.errors import JigcluError
+from jigclu.launch import prepare
 from jigclu.runs import RunLayout, find_checkpoint, read_metrics
 from jigclu.trainers import task_class
 from jigclu.trainers.loop import run
@@ -140,7 +141,7 @@ def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, name):
     """Stopped while training step 2 of epoch 1: the checkpoint records step 3 and loads; no
     metrics line for epoch 1 yet; the resumed run ends bit-for-bit where an uninterrupted one does,
     with every epoch's metrics once and the same numbers (the stopped epoch's sums included)."""
-    cfg = lambda: load_config(None, TASKS[name] + [f"output_dir={tmp_path}"])  # noqa: E731
+    cfg = lambda: prepare(name, load_config(None, TASKS[name] + [f"output_dir={tmp_path}"]))  # noqa: E731
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run(task_class(name)(), cfg(), LocalContext(straight, progress=False))
     with preempt.stop_on_sigterm():  # clears the stop request on the way out
