@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 from jigclu import storage
 from jigclu.checkpoint import load_checkpoint
@@ -52,7 +52,6 @@ from ray.train import RunConfig as RayRunConfig  # noqa: E402
 from ray.train import ScalingConfig  # noqa: E402
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
-ReportHook = Callable[[dict[str, Any], int], None]
 """Called on every worker after each report with ``(metrics, rank)`` (e.g. fault injection)."""
 
 def state_from(ckpt: Checkpoint | None) -> dict[str, Any] | None:
@@ -72,12 +71,11 @@ class RayTrainContext:
 
     progress = False
 
-    def __init__(self, run_dir: str, device: Any, after_report: ReportHook | None = None,
+    def __init__(self, run_dir: str, device: Any,
                  stream_plan: StreamPlan | None = None, initial_state: str | None = None,
                  keep_best: tuple[str, str] | None = None) -> None:
         self.layout = RunLayout(run_dir)
         self.device = device
-        self.after_report = after_report
         self.stream_plan = stream_plan  # the driver's plan of the stream it gave the trainer (data.loader=ray_data)
         self.initial_state = initial_state  # where a run with no checkpoint of its own starts (a PBT donor's)
         self.keep_best = keep_best  # (metric, mode): Ray keeps the best checkpoints by it (see keep_score)
@@ -120,8 +118,6 @@ class RayTrainContext:
                      ray_checkpoint_name(epoch))
         if rank == 0:
             self.layout.append_metrics(metrics)
-        if self.after_report is not None:
-            self.after_report(metrics, rank)
 
     def checkpoint_mid_epoch(self, state: dict[str, Any]) -> None:
         """Every worker reports (``ray.train.report`` is collective), rank 0 with the checkpoint. Its
@@ -170,7 +166,7 @@ def _train_fn(loop_config: dict[str, Any]) -> None:
 
     cfg = RunConfig.model_validate(loop_config["config"])
     keep_best, plan = loop_config.get("keep_best"), loop_config.get("stream_plan")
-    ctx = RayTrainContext(loop_config["run_dir"], device=rtt.get_device(), after_report=loop_config.get("after_report"),
+    ctx = RayTrainContext(loop_config["run_dir"], device=rtt.get_device(),
                           stream_plan=StreamPlan.from_json(plan) if plan else None,
                           initial_state=loop_config.get("initial_state"), keep_best=tuple(keep_best) if keep_best else None)
     run_task(loop_config["task"], cfg, ctx)
@@ -207,7 +203,7 @@ def _local_cpus(cfg: RunConfig) -> int | None:
 
 
 def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | None = None,
-                 after_report: ReportHook | None = None, initial_state: str | None = None,
+                 initial_state: str | None = None,
                  keep_best: tuple[str, str] | None = None) -> TorchTrainer:
     """The TorchTrainer of run ``cfg.name`` under storage ``root`` (the CLI's and each sweep trial's).
 
@@ -224,7 +220,7 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
         datasets=train_datasets(cfg, plan),
         train_loop_config={"task": task, "config": cfg.model_dump(mode="json"),
                            "stream_plan": plan.to_json() if plan is not None else None,
-                           "run_dir": storage.join(root, cfg.name), "after_report": after_report,
+                           "run_dir": storage.join(root, cfg.name),
                            "initial_state": initial_state, "keep_best": list(keep_best) if keep_best else None},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.scaling.gpu,
@@ -267,9 +263,10 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool = False,
                progress: Display = True, address: str | None = None,
-               after_report: ReportHook | None = None) -> dict[str, Any]:
+               callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run ``task`` under Ray Train; same return value as :func:`jigclu.launch.launch` (which
-    :func:`~jigclu.launch.prepare`\ s the config first: ``cfg`` is a prepared one)."""
+    :func:`~jigclu.launch.prepare`\ s the config first: ``cfg`` is a prepared one). ``callbacks``: Ray Train
+    callbacks of the run (its ``RunConfig.callbacks``, beside jigclu's own)."""
     layout, created = open_run(cfg, resume)
     root = run_root(cfg)
     init_ray(address, verbose, num_cpus=_local_cpus(cfg))
@@ -279,7 +276,7 @@ def launch_ray(task: str, cfg: RunConfig, *, resume: bool = False, verbose: bool
         prepare_elastic_run(cfg.name)
     remove_left_groups(layout.root)  # what an earlier attempt of this run (--resume) left holding resources
     layout.save_config(cfg)  # only once every check has passed: a refused run leaves nothing
-    trainer = make_trainer(task, cfg, root, after_report=after_report)
+    trainer = make_trainer(task, cfg, root, callbacks=callbacks)
     watcher = _MetricsWatcher(layout, cfg, enabled=progress if cfg.train.progress else False,
                               task=task)
 

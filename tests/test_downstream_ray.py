@@ -40,7 +40,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from faults import KillOnce
+from ray_faults import KillOnce
 from jigclu.checkpoint import load_checkpoint, save_checkpoint
 from jigclu.config import load_config
 from jigclu.launch import launch, prepare
@@ -124,16 +124,16 @@ def overrides(data: Path, backbone: Path, out: Path, *extra: str, steps: int = S
             f"output_dir={out}", *extra]
 
 
-def run(task: str, args: list[str], name: str, workers: int = 0, after_report=None) -> Path:
+def run(task: str, args: list[str], name: str, workers: int = 0, callbacks=None) -> Path:
     """``jigclu <task>`` in this process (``workers=0``) or on Ray Train; returns the run directory."""
     cfg = load_config(None, [*args, f"name={name}", f"scaling.workers={workers}"])
     quiet = lambda _note: None  # noqa: E731
-    if after_report is None:
+    if callbacks is None:
         summary = launch(task, cfg, progress=False, notify=quiet)
-    else:  # launch() takes no hook: prepare the config as it does, then hand it to Ray Train
+    else:  # launch() takes no Ray Train callbacks: prepare the config as it does, then hand it to Ray Train
         from jigclu.ray_train import launch_ray
 
-        summary = launch_ray(task, prepare(task, cfg, notify=quiet), progress=False, after_report=after_report)
+        summary = launch_ray(task, prepare(task, cfg, notify=quiet), progress=False, callbacks=callbacks)
     return Path(summary["run_dir"])
 
 
@@ -289,7 +289,7 @@ def test_killed_worker_resumes_semi(ray_local, tmp_path, data, backbone, monkeyp
     marker = tmp_path / "killed"
     with RegisteredCheckpoints(tmp_path / "fault") as registered:
         run_dir = run("semi", args, "fault", workers=WORLD,
-                      after_report=KillOnce(1, 1, str(marker), run_dir=str(tmp_path / "fault")))
+                      callbacks=[KillOnce(1, 1, str(marker), run_dir=str(tmp_path / "fault"))])
     assert marker.exists(), "the fault was never injected"
     kill_time = float(marker.read_text())
     metrics = read_metrics(run_dir)

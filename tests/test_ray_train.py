@@ -14,7 +14,7 @@ import pytest
 from jigclu.checkpoint import load_checkpoint
 from jigclu.config import load_config
 from jigclu.runs import STATE_FILE, read_metrics
-from faults import KillOnce
+from ray_faults import KillOnce
 from jigclu.errors import ConfigError, JigcluError
 
 pytestmark = pytest.mark.ray
@@ -34,7 +34,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
 
     marker = tmp_path / "killed"
     cfg = cfg_for(tmp_path, "name=fault", "train.epochs=4", "scaling.workers=2", "scaling.max_failures=2")
-    summary = launch_ray("pretrain", cfg, progress=False, after_report=KillOnce(1, 1, str(marker)))
+    summary = launch_ray("pretrain", cfg, progress=False, callbacks=[KillOnce(1, 1, str(marker))])
     assert marker.exists(), "the fault was never injected"
     run = tmp_path / "fault"
     epochs = [m["epoch"] for m in read_metrics(run)]

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from benchmarks.harness import cluster_box
-from faults import KillOnce
+from ray_faults import KillOnce
 from jigclu.config import load_config
 from jigclu.runs import read_metrics
 from stream_data import write_source
@@ -66,7 +66,7 @@ def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed
     marker = tmp_path / "killed"
     footers, read_footer = [], stream._footer
     monkeypatch.setattr(stream, "_footer", lambda fs, path: footers.append(path) or read_footer(fs, path))
-    summary = launch_ray("pretrain", prepare("pretrain", cfg), progress=False, after_report=KillOnce(1, 1, str(marker)))
+    summary = launch_ray("pretrain", prepare("pretrain", cfg), progress=False, callbacks=[KillOnce(1, 1, str(marker))])
     assert sorted(footers) == sorted(str(f) for f in src.glob("*.parquet")), footers  # once each, on the driver
     assert marker.exists(), "the fault was never injected"
     metrics = read_metrics(tmp_path / "streamed")
