@@ -44,7 +44,7 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from jigclu.config import load_config
-    from jigclu.export import adopt_pretrained
+    from jigclu.pretrained import adopt_pretrained
     from jigclu.evaluation.scoring import knn_eval
 
     overrides = list(args.overrides) + ([f"eval.pretrained={args.checkpoint}"] if args.checkpoint else [])

@@ -24,7 +24,7 @@ def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = No
     Train, a sweep's trial) starts from what this returns, and no trainer resolves anything again.
 
     Downstream tasks adopt their pretrained checkpoint's ``model.arch``/``model.width`` where
-    the user set none (:func:`jigclu.export.adopt_pretrained`) and get their protocol's paper
+    the user set none (:func:`jigclu.pretrained.adopt_pretrained`) and get their protocol's paper
     defaults filled in, the input size included (the dataset's own for finetune), so a bad
     checkpoint fails before a run directory exists and the saved ``config.yaml`` (written once,
     :func:`jigclu.runs.RunLayout.save_config`) says exactly what ran. Then the run's name, its
@@ -32,7 +32,7 @@ def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = No
     """
     task_class(task)  # an unknown task is one line
     if task in DOWNSTREAM:
-        from jigclu.export import adopt_pretrained
+        from jigclu.pretrained import adopt_pretrained
         from jigclu.trainers.protocols import resolve_eval
 
         cfg, notes = adopt_pretrained(cfg)

@@ -4,7 +4,7 @@ One :class:`~jigclu.config.RunConfig` serves every task, so ``jigclu linear ... 
 train.epochs=10`` validates, and the run then trains 100 epochs at ``eval.lr`` as if the
 overrides were not there; a sweep of task ``linear`` over ``loss.temperature`` would search a
 knob that does nothing. :data:`READS` declares, once, what each task reads (read off the code:
-``jigclu/trainers/``, ``jigclu/launch.py``, ``jigclu.export.adopt_pretrained``, the kNN
+``jigclu/trainers/``, ``jigclu/launch.py``, ``jigclu.pretrained.adopt_pretrained``, the kNN
 monitor, the streaming loader); :func:`refuse_unread` turns a key outside it into one
 :class:`ConfigError` naming the key that does that job (``linear does not read optim.lr; it
 reads eval.lr``), before anything starts.

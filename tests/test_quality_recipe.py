@@ -83,7 +83,7 @@ def test_recipe_checkpoint_exports_into_torchvision_with_the_same_probe(tmp_path
 
     from jigclu.cli import main
     from jigclu.data import load_dataset
-    from jigclu.export import load_backbone_weights
+    from jigclu.pretrained import load_backbone_weights
     from jigclu.models import ResNetBackbone, torchvision_resnet
     from jigclu.evaluation.knn import KnnMonitor
 

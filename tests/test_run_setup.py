@@ -12,16 +12,16 @@ DIGITS = ["data.dataset=digits", "model.width=8", "train.progress=false"]
 
 
 def test_a_downstream_run_writes_its_config_once_and_reads_its_checkpoint_once(tmp_path, monkeypatch):
-    import jigclu.export
+    import jigclu.pretrained
     from jigclu.runs import RunLayout
 
     assert main(["pretrain", "--no-progress", *DIGITS, "data.image_size=32", "jigsaw.crop_size=32",
                  "data.batch_size=32", "data.limit=64", "train.epochs=1", "monitor.knn=false",
                  f"output_dir={tmp_path}", "name=pre"]) == 0
     saves, reads = [], []
-    save, read = RunLayout.save_config, jigclu.export.load_checkpoint
+    save, read = RunLayout.save_config, jigclu.pretrained.load_checkpoint
     monkeypatch.setattr(RunLayout, "save_config", lambda self, cfg: (saves.append(self.root), save(self, cfg))[1])
-    monkeypatch.setattr(jigclu.export, "load_checkpoint", lambda f, **kw: (reads.append(f), read(f, **kw))[1])
+    monkeypatch.setattr(jigclu.pretrained, "load_checkpoint", lambda f, **kw: (reads.append(f), read(f, **kw))[1])
     assert main(["linear", "--no-progress", *DIGITS, "data.limit=64", f"eval.pretrained={tmp_path / 'pre'}",
                  "eval.epochs=1", "eval.batch_size=32", f"output_dir={tmp_path}", "name=lin"]) == 0
     assert saves == [str(tmp_path / "lin")], saves  # once, before the first step

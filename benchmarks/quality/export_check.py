@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.quality.budget_run import DEFAULT_CONFIG, backbone_of, load_splits, score
 from jigclu.config import load_config
-from jigclu.export import load_backbone_weights
+from jigclu.pretrained import load_backbone_weights
 from jigclu.models import torchvision_resnet
 
 

@@ -51,7 +51,7 @@ def knn_eval(cfg: Any, device: str | None = None) -> dict[str, float]:
     test split (``monitor.*`` limits)."""
     from jigclu.context import resolve_device
     from jigclu.data import load_dataset
-    from jigclu.export import load_backbone_weights, load_into
+    from jigclu.pretrained import load_backbone_weights, load_into
     from jigclu.models import build_backbone
     from jigclu.trainers.common import seed_everything
 

@@ -28,7 +28,7 @@ from jigclu.context import RunContext
 from jigclu.data import collate_uint8, load_dataset, make_loader
 from jigclu.data.images import ImageDataset
 from jigclu.errors import ConfigError, DataError
-from jigclu.export import load_backbone_weights, load_into
+from jigclu.pretrained import load_backbone_weights, load_into
 from jigclu.jigsaw import step_seed
 from jigclu.models import ResNetBackbone, build_backbone
 from jigclu.preempt import ignore_in_loader_worker
