@@ -62,6 +62,7 @@ def test_s3_endpoint_outage_is_ridden_out(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.faults  # ~45-60 s: in `make faults` (and its fault-matrix row), left out of `make test` (its budget)
 def test_sigkilled_train_worker_mid_step_is_replaced(ray_local, tmp_path):
     # on the session's Ray: a second local Ray on the machine confuses Ray's own State API lookups
     address = ray_local.get_runtime_context().gcs_address

@@ -324,6 +324,7 @@ def test_sigterm_of_a_ray_train_worker_stops_the_group_at_one_step(ray_local, tm
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.faults  # ~45-60 s: in `make faults` (and its fault-matrix row), left out of `make test` (its budget)
 def test_sigterm_of_the_ray_train_driver_stops_its_workers_at_one_step(ray_local, tmp_path):
     """The driver of a 2-worker run SIGTERMed (its pod evicted): its workers stop at one step with a
     mid-epoch checkpoint, it exits 143 with one line; --resume continues from that step."""
