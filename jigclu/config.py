@@ -48,8 +48,8 @@ class DataConfig(_Section):
                           "seed, so runs of different seeds are scored on the same images")
     loader: Literal["auto", "memory", "ray_data"] = Field(
         "auto", description="memory: read the split into every process; ray_data: stream a parquet: source "
-        "through Ray Data into the Ray Train workers (decoded in Ray Data tasks, bounded memory); auto: stream "
-        "parquet sources of at least data.stream_min_images under Ray Train, else memory")
+        "through Ray Data into the Ray Train workers (decoded in Ray Data tasks, bounded memory; every trainer); "
+        "auto: stream parquet sources of at least data.stream_min_images under Ray Train, else memory")
     stream_min_images: int = Field(200_000, ge=1, description="loader=auto streams parquet sources this large "
                                    "(counted from Parquet metadata)")
     shuffle_buffer: int = Field(1024, ge=0, description="ray_data: rows in each worker's local shuffle buffer "

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from jigclu import storage
 from jigclu.config import RunConfig
 from jigclu.context import LocalContext, resolve_device
-from jigclu.data.stream import choose_loader
+from jigclu.data.stream_runs import choose_loader
 from jigclu.preempt import stop_on_sigterm
 from jigclu.progress import Display
 from jigclu.runs import cleanup_failed, open_run, run_name, run_root
@@ -47,12 +47,19 @@ def prepare(task: str, cfg: RunConfig, notify: Callable[[str], None] | None = No
 
 def native_size(cfg: RunConfig) -> int | None:
     """The side finetune trains at when ``eval.image_size`` is unset: ``data.image_size``, else the
-    training images' own (lazy sources read one image for it)."""
+    training images' own (lazy and ``parquet:`` sources read one image for it)."""
     if cfg.eval.image_size is not None:
         return None
     if cfg.data.image_size is not None:
         return cfg.data.image_size
     from jigclu.data import load_dataset
+    from jigclu.data.datasets import parse_spec
+
+    kind, location = parse_spec(cfg.data.dataset)
+    if kind == "parquet" and location:  # its metadata, or one image: never the split's bytes
+        from jigclu.data.stream import plan_stream
+
+        return int(max(plan_stream(location).image_size))
 
     return int(max(load_dataset(cfg.data.dataset, "train", on_corrupt=cfg.data.on_corrupt).image_size))
 

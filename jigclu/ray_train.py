@@ -31,7 +31,8 @@ from jigclu import storage
 from jigclu.checkpoint import load_checkpoint
 from jigclu.config import RunConfig
 from jigclu.context import checkpoint_dir, state_in
-from jigclu.data.stream import StreamPlan, run_plan
+from jigclu.data.stream import StreamPlan
+from jigclu.data.stream_runs import run_plan
 from jigclu.errors import ConfigError, JigcluError
 from jigclu.preempt import Preempted
 from jigclu.progress import Display
@@ -214,7 +215,7 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.gpu:
         resources["GPU"] = 1
-    plan = run_plan(cfg, RunLayout.of(root, cfg.name))  # made once, here; the workers get it
+    plan = run_plan(task, cfg, RunLayout.of(root, cfg.name))  # made once, here; the workers get it
     return TorchTrainer(
         _train_fn,
         datasets=train_datasets(cfg, plan),

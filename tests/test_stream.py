@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from jigclu.config import load_config
-from jigclu.data.stream import choose_loader, plan_stream
+from jigclu.data.stream import plan_stream
+from jigclu.data.stream_runs import choose_loader
 from jigclu.data.stream_loader import DecodeUnits, StreamLoader, read_sample
 from jigclu.errors import ConfigError, DataError
 from stream_data import CLASSES, write_source
@@ -135,11 +136,17 @@ def test_loader_choice(tmp_path):
     assert choose_loader("pretrain", _cfg(parquet, "scaling.workers=2")) == "memory"  # below the threshold
     assert choose_loader("pretrain", _cfg(parquet, "scaling.workers=2", "data.stream_min_images=100")) == "ray_data"
     assert choose_loader("pretrain", _cfg(parquet, "data.stream_min_images=100")) == "memory"  # one process
-    assert choose_loader("linear", _cfg(parquet, "scaling.workers=2", "data.stream_min_images=100")) == "memory"
+    for task in ("linear", "semi", "finetune"):  # every trainer streams a large source
+        assert choose_loader(task, _cfg(parquet, "scaling.workers=2", "data.stream_min_images=100")) == "ray_data"
     assert choose_loader("pretrain", _cfg(parquet, "scaling.workers=2", "data.loader=ray_data")) == "ray_data"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("3\n119\n120\n")
     for task, extra, words in [("pretrain", ["data.dataset=digits", "scaling.workers=2"], "parquet: sources"),
                                ("pretrain", [parquet], "scaling.workers >= 1"),
-                               ("semi", [parquet, "scaling.workers=2"], "streams pretraining data")]:
+                               ("semi", [parquet, "scaling.workers=2", f"eval.labels={labels}"],
+                                r"names 1 row\(s\) that do not exist in the 120-row train split .*\(first: 120\)"),
+                               ("semi", [parquet, "scaling.workers=2", "eval.labels=nothing-here.txt"],
+                                "neither a label fraction")]:
         with pytest.raises(ConfigError, match=words):
             choose_loader(task, _cfg(*extra, "data.loader=ray_data"))
 

@@ -117,6 +117,26 @@ def training_splits(cfg: Any) -> tuple[ImageDataset, ImageDataset | None]:
     return train, val
 
 
+def label_file_entries(path: str) -> list[str]:
+    """The entries of a semi labels file (``eval.labels``): one training image per line, by index (or,
+    for folder datasets, by name); blank lines and ``#`` comments skipped. One :class:`ConfigError`
+    when ``path`` is no readable file or lists nothing."""
+    from pathlib import Path
+
+    from jigclu.errors import ConfigError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"eval.labels: {path!r} is neither a label fraction (1%, 10%, 0.05) nor a file")
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"eval.labels: cannot read {file}: {exc}") from None
+    entries = [e for e in (line.split("#", 1)[0].strip() for line in lines) if e]
+    if not entries:
+        raise ConfigError(f"eval.labels: {file} lists no images")
+    return entries
+
 
 def stack_items(dataset: Dataset, indices: Tensor | list[int]) -> tuple[Tensor, Tensor]:
     """Materialise ``dataset[indices]`` as one uint8 image tensor and a label tensor."""
@@ -128,5 +148,5 @@ def stack_items(dataset: Dataset, indices: Tensor | list[int]) -> tuple[Tensor, 
     return torch.stack([im for im, _ in items]), torch.tensor([lab for _, lab in items])
 
 
-__all__ = ["stack_items", "VAL_SALT", "balanced_subset_indices", "seeded_subset", "split_validation", "stratified",
+__all__ = ["stack_items", "VAL_SALT", "balanced_subset_indices", "label_file_entries", "seeded_subset", "split_validation", "stratified",
            "training_splits", "val_count"]

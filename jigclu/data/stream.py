@@ -11,7 +11,7 @@ reads a bounded sample from for the kNN monitor (:func:`read_rows`).
 A plan is made once per run: a process keeps the plans it made (keyed by the source's listing, so
 a rewritten source is planned again), the driver hands its plan to the Ray Train workers in their
 loop config, and the run saves it (``stream_plan.json``) so a ``--resume`` reads the very rows the
-run started with (:func:`run_plan`).
+run started with (:func:`jigclu.data.stream_runs.run_plan`).
 
 Every row has a *key*: the unit's ``offset`` plus its row number inside the unit, unique over
 the plan, so a test (or a user) can check that an epoch saw every image exactly once.
@@ -56,10 +56,16 @@ class Unit:
     rows: int
     offset: int
     skip: tuple[int, ...] = ()  # rows of the group not streamed (another split, the validation split)
+    take: tuple[int, ...] | None = None  # only these rows are streamed (a semi run's labeled subset)
 
     @property
     def kept(self) -> int:
-        return self.rows - len(self.skip)
+        return len(self.kept_rows())
+
+    def kept_rows(self) -> np.ndarray:
+        """The row numbers streamed, ascending."""
+        rows = np.arange(self.rows) if self.take is None else np.asarray(self.take, dtype=np.int64)
+        return np.setdiff1d(rows, np.asarray(self.skip, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -82,19 +88,28 @@ class StreamPlan:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    labeled: list[int] | None = None  # a semi run's labeled subset: positions among the source's train rows
+
     def to_json(self) -> dict[str, Any]:
+        def unit(u: Unit) -> list[Any]:
+            return [u.path, u.row_group, u.rows, u.offset, list(u.skip), None if u.take is None else list(u.take)]
+
         return {"location": self.location, "channels": self.channels, "image_size": list(self.image_size),
-                "classes": self.classes, **{name: [[u.path, u.row_group, u.rows, u.offset, list(u.skip)] for u in units]
-                                            for name, units in (("units", self.units), ("val_units", self.val_units),
-                                                                ("test_units", self.test_units))}}
+                "classes": self.classes, "labeled": self.labeled,
+                **{name: [unit(u) for u in units] for name, units in (
+                    ("units", self.units), ("val_units", self.val_units), ("test_units", self.test_units))}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StreamPlan":
-        units = {name: [Unit(p, int(g), int(r), int(o), tuple(int(i) for i in k)) for p, g, r, o, k in data[name]]
-                 for name in ("units", "val_units", "test_units")}
+        def unit(p: str, g: int, r: int, o: int, skip: list[int], take: list[int] | None = None) -> Unit:
+            return Unit(p, int(g), int(r), int(o), tuple(int(i) for i in skip),
+                        None if take is None else tuple(int(i) for i in take))
+
+        units = {name: [unit(*u) for u in data[name]] for name in ("units", "val_units", "test_units")}
         h, w = data["image_size"]
         return cls(data["location"], units["units"], int(data["channels"]), (int(h), int(w)),
-                   [str(c) for c in data["classes"]], val_units=units["val_units"], test_units=units["test_units"])
+                   [str(c) for c in data["classes"]], val_units=units["val_units"], test_units=units["test_units"],
+                   labeled=data.get("labeled"))
 
 
 def _listing(location: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo], str]:
@@ -189,7 +204,7 @@ def _decode_settings(fs: pafs.FileSystem, schema: pa.Schema, units: list[Unit],
         size = (h, w)
     if channels is None or size is None:  # the first decodable image of the first unit decides
         unit = units[0]
-        rows = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))
+        rows = unit.kept_rows()
         probes = [probe_image(b) for b in read_rows(fs, unit, rows, columns=("image",))["image"]]
         good = [p for p in probes if p.ok]
         if not good:
@@ -262,32 +277,6 @@ def _make_plan(location: str, fs: pafs.FileSystem, files: list[str], where: str,
     return plan
 
 
-def plan_for(cfg: Any) -> StreamPlan:
-    """The plan of a run config's ``parquet:`` source (``data.image_size``, ``val_size``, ``val_seed``, ``limit``)."""
-    d = cfg.data
-    return plan_stream(d.dataset.partition(":")[2], image_size=d.image_size, val_size=d.val_size,
-                       val_seed=d.val_seed, limit=d.limit)
-
-
-def run_plan(cfg: Any, layout: Any) -> StreamPlan | None:
-    """The plan a run of ``cfg`` streams (None unless ``data.loader`` is ``ray_data``): the one saved
-    with the run at ``layout`` (:class:`~jigclu.runs.RunLayout`) when its data settings are the
-    config's, so a resume reads the rows the run started with even if the source changed since;
-    else the plan made now, saved there."""
-    if cfg.data.loader != "ray_data":
-        return None
-    d = cfg.data
-    settings = {"dataset": d.dataset, "image_size": d.image_size, "val_size": d.val_size, "val_seed": d.val_seed,
-                "limit": d.limit}
-    if storage.exists(layout.stream_plan):
-        saved = json.loads(storage.read_text(layout.stream_plan))
-        if saved.get("settings") == settings:
-            return StreamPlan.from_json(saved["plan"])
-    plan = plan_for(cfg)
-    storage.write_atomic(layout.stream_plan, json.dumps({"settings": settings, "plan": plan.to_json()}))
-    return plan
-
-
 def _first_rows(units: list[Unit], limit: int) -> list[Unit]:
     """The units holding the first ``limit`` kept rows (the last one cut short with ``skip``)."""
     out, left = [], limit
@@ -295,9 +284,8 @@ def _first_rows(units: list[Unit], limit: int) -> list[Unit]:
         if left <= 0:
             break
         if unit.kept > left:
-            skipped = set(unit.skip)
-            keep = [r for r in range(unit.rows) if r not in skipped][:left]
-            unit = replace(unit, skip=tuple(sorted(set(range(unit.rows)) - set(keep))))
+            keep = set(unit.kept_rows()[:left].tolist())
+            unit = replace(unit, skip=tuple(r for r in range(unit.rows) if r not in keep))
         out.append(unit)
         left -= unit.kept
     return out
@@ -318,7 +306,7 @@ def _carve_validation(plan: StreamPlan, fs: pafs.FileSystem, val_size: float, se
     labels: list[int] = []
     for i in pool:
         unit = plan.units[i]
-        keep = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))
+        keep = unit.kept_rows()
         labels.extend(read_rows(fs, unit, keep, columns=("label",))["label"])
         candidates.extend((i, int(r)) for r in keep)
     val_count(val_size, total, len(set(labels)), where)
@@ -347,43 +335,11 @@ def sample_units(units: list[Unit], limit: int | None, seed: int) -> list[tuple[
         if left <= 0:
             break
         unit = units[int(i)]
-        keep = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))[:left]
+        keep = unit.kept_rows()[:left]
         if len(keep):
             out.append((unit, keep))
             left -= len(keep)
     return out
 
 
-def choose_loader(task: str, cfg: Any) -> str:
-    """``memory`` or ``ray_data`` for ``cfg`` (``data.loader: auto`` resolved); one line when impossible.
-
-    ``auto`` streams a ``parquet:`` pretraining source of at least ``data.stream_min_images``
-    training rows (counted from its footers) when the run has Ray Train workers; everything else
-    (small sets, single-process runs, downstream trainers) reads into memory.
-    """
-    from jigclu.data.datasets import parse_spec
-    from jigclu.errors import ConfigError
-
-    loader, workers = cfg.data.loader, cfg.scaling.workers
-    kind, location = parse_spec(cfg.data.dataset)
-    if loader == "memory" or (loader == "auto" and (kind != "parquet" or task != "pretrain" or workers == 0)):
-        return "memory"
-    if kind != "parquet":
-        raise ConfigError(f"data.loader=ray_data streams parquet: sources, not {kind}; convert it first with "
-                          f"'jigclu data convert {cfg.data.dataset} DEST' and use data.dataset=parquet:DEST")
-    if task != "pretrain":
-        raise ConfigError(f"data.loader=ray_data streams pretraining data; {task} reads its data into memory "
-                          f"(data.loader=memory)")
-    if workers == 0:
-        raise ConfigError("data.loader=ray_data streams into Ray Train workers: set scaling.workers >= 1 "
-                          "(or data.loader=memory)")
-    if not location:
-        raise DataError(f"parquet needs a location: parquet:/dir or parquet:s3://bucket/prefix; {HINT}")
-    plan = plan_for(cfg)  # footers (and the validation sample's labels), kept for the run (plan_stream)
-    if loader == "auto" and plan.num_rows < cfg.data.stream_min_images:
-        return "memory"
-    return "ray_data"
-
-
-__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "choose_loader", "plan_for", "plan_stream", "read_rows",
-           "run_plan", "sample_units"]
+__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "plan_stream", "read_rows", "sample_units"]

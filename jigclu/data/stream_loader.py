@@ -55,7 +55,7 @@ class DecodeUnits:
             yield from self.decode_unit(self.units[int(index)])
 
     def decode_unit(self, unit: Unit) -> Iterator[dict[str, np.ndarray]]:
-        rows = np.setdiff1d(np.arange(unit.rows), np.asarray(unit.skip, dtype=np.int64))
+        rows = unit.kept_rows()
         data = read_rows(self._filesystem(), unit, rows)
         for start in range(0, len(rows), CHUNK_ROWS):
             part = slice(start, start + CHUNK_ROWS)
@@ -95,13 +95,16 @@ class StreamLoader:
         on_corrupt: ``skip`` (count and leave out) or ``fail`` (raise :class:`DataError`).
         shuffle_buffer: rows of the local shuffle buffer (0: none).
         agree: how workers agree every step (``jigclu.dist.all_agree``).
+        drop_last: leave out the rows short of a full batch at the end of the shard (pretraining); when
+            False (the downstream trainers, as their in-memory loader does) they make a last, smaller
+            batch, if every worker has some left.
     """
 
     def __init__(self, shard: Any, batch_size: int, *, seed: int = 0, rank: int = 0, on_corrupt: str = "skip",
-                 shuffle_buffer: int = 0, agree: Agree = lambda mine: mine) -> None:
+                 shuffle_buffer: int = 0, agree: Agree = lambda mine: mine, drop_last: bool = True) -> None:
         self.shard, self.batch_size = shard, batch_size
         self.seed, self.rank, self.on_corrupt = seed, rank, on_corrupt
-        self.shuffle_buffer, self.agree = shuffle_buffer, agree
+        self.shuffle_buffer, self.agree, self.drop_last = shuffle_buffer, agree, drop_last
         self.epoch = 0
         self.rows = self.corrupt = 0  # this epoch, this worker
 
@@ -134,24 +137,29 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = self._batches()
+        rows = self._good_rows(batches)
         pending: list[dict[str, np.ndarray]] = []
         held = 0
         try:
-            for batch in self._good_rows(batches):
-                pending.append(batch)
-                held += len(batch["label"])
-                while held >= self.batch_size:
-                    out, pending, held = _take(pending, self.batch_size)
-                    if not self.agree(True):
-                        return
-                    self.rows += self.batch_size
-                    yield (torch.from_numpy(out["image"]), torch.from_numpy(out["label"]),
-                           torch.from_numpy(out["key"]))
-            self.agree(False)  # this worker has no full batch left: every worker stops here
+            while True:
+                while held < self.batch_size and (chunk := next(rows, None)) is not None:
+                    pending.append(chunk)
+                    held += len(chunk["label"])
+                if not self.agree(held >= self.batch_size):  # some worker has no full batch left: all stop
+                    break
+                out, pending, held = _take(pending, self.batch_size)
+                yield self._emit(out)
+            # every worker agrees once more: a last, smaller batch when each has rows left
+            if not self.drop_last and self.agree(held > 0):
+                yield self._emit(_take(pending, min(held, self.batch_size))[0])
         finally:
             close = getattr(batches, "close", None)
             if close is not None:  # stopped early (a capped epoch): Ray Data stops this split's read now
                 close()
+
+    def _emit(self, out: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.rows += len(out["label"])
+        return torch.from_numpy(out["image"]), torch.from_numpy(out["label"]), torch.from_numpy(out["key"])
 
 
 def _take(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list, int]:
@@ -163,15 +171,17 @@ def _take(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.nd
     return out, ([rest] if left else []), left
 
 
-def sample_chunks(plan: StreamPlan, units: list[Unit], limit: int | None, seed: int
+def sample_chunks(plan: StreamPlan, units: list[Unit], limit: int | None, seed: int, part: tuple[int, int] = (0, 1)
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A bounded, seeded sample of ``units``' rows (``limit`` rows, all when None), one decoded chunk
     of uint8 images and labels at a time, corrupt images left out: only the row groups holding the
-    sample are read, one at a time, so a pass that keeps only features holds no more images than that."""
+    sample are read, one at a time, so a pass that keeps only features holds no more images than that.
+    ``part=(rank, world)``: this worker's share of the sample (every ``world``-th of its row groups)."""
     from jigclu.data.request import resolve
 
     decoder, fs = DecodeUnits(plan, units), resolve(plan.location)[0]
-    for unit, rows in sample_units(units, limit, seed):
+    rank, world = part
+    for unit, rows in sample_units(units, limit, seed)[rank::world]:
         data = read_rows(fs, unit, rows)
         for start in range(0, len(rows), CHUNK_ROWS):
             part = slice(start, start + CHUNK_ROWS)

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from jigclu.data.datasets import parse_spec
-from jigclu.data.stream import StreamPlan, Unit, plan_for, plan_stream
+from jigclu.data.stream import StreamPlan, Unit, plan_stream
+from jigclu.data.stream_runs import plan_for
 from jigclu.data.stream_loader import sample_chunks
 from jigclu.errors import DataError
 from jigclu.evaluation.knn import KnnMonitor, feature_scores, held_out_monitor, pooled_features

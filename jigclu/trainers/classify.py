@@ -7,13 +7,18 @@ for semi (:mod:`jigclu.trainers.semi`), in which training images carry labels.
 
 "Frozen" includes the BatchNorm statistics: the backbone stays in eval mode for the whole run
 and runs under ``no_grad``, so linear evaluation scores the pretrained features exactly.
+
+The data comes from memory (every worker reads the split) or, with ``data.loader=ray_data``, from
+the run's stream plan (``jigclu.data.stream_runs``): each worker trains on its shard of the Ray
+Data stream and scores its share of the scored split's row groups, one decoded chunk at a time,
+so no worker ever holds a split's images.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.distributed
@@ -27,6 +32,8 @@ from jigclu.config import RunConfig
 from jigclu.context import RunContext
 from jigclu.data import collate_uint8, load_dataset, make_loader
 from jigclu.data.images import ImageDataset
+from jigclu.data.stream import STREAM_NAME
+from jigclu.data.stream_loader import StreamLoader, sample_chunks
 from jigclu.errors import ConfigError, DataError
 from jigclu.pretrained import load_backbone_weights, load_into
 from jigclu.jigsaw import step_seed
@@ -67,10 +74,20 @@ def freeze(backbone: nn.Module) -> None:
 # evaluation
 
 
+Batches = Iterable[tuple[Tensor, Tensor]]  # uint8 images and labels: this worker's share of a split
+
+
+def dataset_share(dataset: ImageDataset, num_workers: int = 0) -> Batches:
+    """This worker's share of an in-memory split (every ``world``-th image), in batches."""
+    mine = torch.arange(dist.rank(), len(dataset), dist.world_size())
+    return DataLoader(dataset.subset(mine), batch_size=_EVAL_BATCH, shuffle=False, collate_fn=collate_uint8,
+                      num_workers=num_workers, worker_init_fn=ignore_in_loader_worker if num_workers else None)
+
+
 @torch.no_grad()
-def evaluate(model: ClassifierModel, dataset: ImageDataset, size: int, device: torch.device,
-             amp: str = "none", num_workers: int = 0) -> dict[str, float]:
-    """Top-1/top-5 (%) and mean loss on ``dataset``; each worker scores its share, then they sum.
+def evaluate(model: ClassifierModel, batches: Batches, size: int, device: torch.device,
+             amp: str = "none") -> dict[str, float]:
+    """Top-1/top-5 (%) and mean loss of a split; each worker scores its share (``batches``), then they sum.
 
     Images are resized whole to ``size`` (no centre crop: small images have no border to spare).
     The model's train/eval mode is restored afterwards. Every worker scores with rank 0's
@@ -79,16 +96,13 @@ def evaluate(model: ClassifierModel, dataset: ImageDataset, size: int, device: t
     """
     modes = {m: m.training for m in model.modules()}  # a frozen backbone must stay in eval mode
     model.eval()
-    world, rank = dist.world_size(), dist.rank()
+    world = dist.world_size()
     if world > 1:
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    mine = torch.arange(rank, len(dataset), world)
-    loader = DataLoader(dataset.subset(mine), batch_size=_EVAL_BATCH, shuffle=False, collate_fn=collate_uint8,
-                        num_workers=num_workers, worker_init_fn=ignore_in_loader_worker if num_workers else None)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, top-5, count
     k = min(5, model.classifier.out_features)
-    for images, labels in loader:
+    for images, labels in batches:
         labels = labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             logits = model(eval_images(images, size, device)).float()
@@ -102,7 +116,7 @@ def evaluate(model: ClassifierModel, dataset: ImageDataset, size: int, device: t
     sums = dist.all_reduce_mean(sums) * world
     count = max(sums[3].item(), 1.0)
     return {"val_loss": sums[0].item() / count, "val_top1": 100.0 * sums[1].item() / count,
-            "val_top5": 100.0 * sums[2].item() / count}
+            "val_top5": 100.0 * sums[2].item() / count, "val_images": int(sums[3].item())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,10 +125,14 @@ def evaluate(model: ClassifierModel, dataset: ImageDataset, size: int, device: t
 
 @dataclass
 class Datasets:
-    train: ImageDataset
-    val: ImageDataset
+    """A run's data: its training images (a loader of per-worker batches) and its scored split."""
+    num_train: int  # labeled training images, all workers together
+    num_classes: int
     subset: Tensor | None  # training indices into the (limited) train split; None = all
     note: str
+    loader: Any  # per-worker training batches, ``set_epoch``-able (the loop's ``sampler``)
+    sampler: Any
+    scored: Any  # () -> this worker's share of the scored split (:data:`Batches`)
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -132,7 +150,7 @@ class ClassifyTask(Task):
         return None, f"{len(train)} labeled images"
 
     def load_splits(self, cfg: RunConfig, state: dict[str, Any] | None) -> Datasets:
-        """Train split (``data.limit``, then :meth:`select`) and the scored test split."""
+        """In memory: the train split (``data.limit``, then :meth:`select`) and the scored split."""
         train, test = training_splits(cfg)  # scored: the validation split (data.val_size), else the test split
         if test is None:
             test = load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size,
@@ -140,27 +158,55 @@ class ClassifyTask(Task):
         if cfg.eval.val_limit is not None and cfg.eval.val_limit < len(test):
             test = test.subset(seeded_subset(len(test), cfg.eval.val_limit, cfg.seed + 1))
         subset, note = self.select(cfg, train, state)
-        return Datasets(train.subset(subset) if subset is not None else train, test, subset, note)
+        train = train.subset(subset) if subset is not None else train
+        world = dist.world_size()
+        loader, sampler = make_loader(train, cfg.eval.batch_size // world, num_replicas=world, rank=dist.rank(),
+                                      seed=cfg.seed, drop_last=False, num_workers=cfg.data.num_workers,
+                                      pin_memory=self.device.type == "cuda")
+        return Datasets(len(train), train.num_classes, subset, note, loader, sampler,
+                        lambda: dataset_share(test, cfg.data.num_workers))
+
+    def stream_splits(self, cfg: RunConfig, ctx: RunContext) -> Datasets:
+        """Streamed (``data.loader=ray_data``): this worker's shard of the run's plan (a semi run's
+        labeled rows only) and its share of the scored split's row groups."""
+        shard, plan = ctx.dataset_shard(STREAM_NAME), ctx.stream_plan
+        if shard is None:
+            raise ConfigError("data.loader=ray_data needs a Ray Train run (scaling.workers >= 1)")
+        world, rank = dist.world_size(), dist.rank()
+        stream = StreamLoader(shard, cfg.eval.batch_size // world, seed=cfg.seed, rank=rank,
+                              on_corrupt=cfg.data.on_corrupt, shuffle_buffer=cfg.data.shuffle_buffer,
+                              agree=dist.all_agree, drop_last=False)
+        scored = plan.val_units or plan.test_units  # the validation split (data.val_size), else the test split
+        if not scored:
+            raise DataError(f"parquet:{plan.location} has no validation or test rows to score on; set data.val_size "
+                            f"or give it a split column with test rows")
+        subset = None if plan.labeled is None else torch.tensor(plan.labeled, dtype=torch.long)
+        rows = (plan.num_rows // world) * world  # Ray's equal split leaves the rest out
+        note = (f"{rows} labeled images" if subset is None else f"{cfg.eval.labels} labels, class-balanced from the "
+                f"rows' labels (label_seed {cfg.eval.label_seed}): {len(subset)} images")
+        return Datasets(rows, plan.num_classes, subset, note, stream, stream,
+                        lambda: _chunks(sample_chunks(plan, scored, cfg.eval.val_limit, cfg.seed + 1, (rank, world))))
 
     def setup(self, cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None) -> None:
         self.device = device = ctx.device
-        world, rank = dist.world_size(), dist.rank()
+        world = dist.world_size()
         ev = cfg.eval
         if not (ev.batch_size and ev.epochs and ev.lr and ev.image_size and ev.gamma and ev.milestones is not None):
             raise ConfigError(f"{self.name}: eval.* is not resolved; start the run from jigclu.launch.prepare")
         self.cfg, proto = cfg, PROTOCOLS[protocol_key(self.name, cfg)]
-        self.data = data = self.load_splits(cfg, state)
-        self.frozen = proto.frozen
         if ev.batch_size % world:
             raise ConfigError(f"eval.batch_size={ev.batch_size} is not divisible by {world} workers")
-        if len(data.train) == 0:
+        self.data = data = self.stream_splits(cfg, ctx) if cfg.data.loader == "ray_data" else self.load_splits(cfg, state)
+        self.loader, self.sampler = data.loader, data.sampler
+        self.frozen = proto.frozen
+        if data.num_train == 0:
             raise DataError(f"{cfg.data.dataset}: no training images to train on")
         self.epochs = ev.epochs
-        self.steps_per_epoch = math.ceil(len(data.train) / ev.batch_size)
+        self.steps_per_epoch = math.ceil(data.num_train / ev.batch_size)
         if cfg.train.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
 
-        self.model = ClassifierModel(cfg.model.arch, cfg.model.width, data.train.num_classes).to(device)
+        self.model = ClassifierModel(cfg.model.arch, cfg.model.width, data.num_classes).to(device)
         if state is not None:
             self.model.load_state_dict(state["model"])
         elif ev.pretrained:
@@ -181,9 +227,6 @@ class ClassifyTask(Task):
         # DDP wraps only what trains: the head alone when the backbone is frozen
         self.trained = wrap_ddp(self.model.classifier if self.frozen else self.model, device)
         self.augment = build_augment(proto.augment, ev.image_size, ev.crop_scale).to(device)
-        self.loader, self.sampler = make_loader(data.train, ev.batch_size // world, num_replicas=world, rank=rank,
-                                                seed=cfg.seed, drop_last=False, num_workers=cfg.data.num_workers,
-                                                pin_memory=device.type == "cuda")
 
     def start_epoch(self, epoch: int, skip: int = 0) -> None:
         super().start_epoch(epoch, skip)
@@ -192,7 +235,7 @@ class ClassifyTask(Task):
         self.lrs = group_lrs(self.optimizer)  # the rates this epoch trains with
 
     def step(self, batch: Any, epoch: int, step: int) -> StepResult | None:
-        images, labels = (t.to(self.device, non_blocking=True) for t in batch)
+        images, labels = (t.to(self.device, non_blocking=True) for t in batch[:2])  # a stream's batch has keys too
         if not self.frozen and images.shape[0] < 2:
             return None  # BatchNorm cannot train on one image; every rank skips alike (padded shards)
         seed = step_seed(self.cfg.seed, epoch, step, _AUG_SALT + dist.rank())
@@ -219,10 +262,10 @@ class ClassifyTask(Task):
         metrics: dict[str, Any] = {
             "train_loss": totals[0].item() / count, "train_top1": 100.0 * totals[1].item() / count,
             "lr": lrs["lr_classifier"] if self.frozen else lrs["lr_backbone"], **lrs,
-            "images_per_s": totals[2].item() / max(seconds, 1e-9), "train_images": len(self.data.train),
+            "images_per_s": totals[2].item() / max(seconds, 1e-9), "train_images": self.data.num_train,
         }
-        metrics.update(evaluate(self.model, self.data.val, self.cfg.eval.image_size, self.device,
-                                self.cfg.train.amp, self.cfg.data.num_workers))
+        metrics.update(evaluate(self.model, self.data.scored(), self.cfg.eval.image_size, self.device,
+                                self.cfg.train.amp))
         for key in self.best:
             self.best[key] = max(self.best[key] if self.best[key] is not None else -1.0, metrics[key])
         metrics.update(best_val_top1=self.best["val_top1"], best_val_top5=self.best["val_top5"])
@@ -230,7 +273,7 @@ class ClassifyTask(Task):
 
     def extra_state(self) -> dict[str, Any]:
         return {"best_val_top1": self.best["val_top1"], "best_val_top5": self.best["val_top5"],
-                "labels_subset": self.data.subset, "num_classes": self.data.train.num_classes}
+                "labels_subset": self.data.subset, "num_classes": self.data.num_classes}
 
     def summary(self) -> dict[str, Any]:
         return {"best_val_top1": self.best["val_top1"], "resolved": self.cfg.eval.model_dump(mode="json")}
@@ -258,5 +301,12 @@ class FinetuneTask(ClassifyTask):
     name = "finetune"
 
 
-__all__ = ["ClassifierModel", "ClassifyTask", "Datasets", "LinearTask", "FinetuneTask", "evaluate", "freeze",
-           "group_lrs"]
+def _chunks(chunks: Iterator[tuple[Tensor, Tensor]]) -> Batches:
+    """Decoded chunks of a stream plan's rows in batches of at most ``_EVAL_BATCH``."""
+    for images, labels in chunks:
+        for start in range(0, len(labels), _EVAL_BATCH):
+            yield images[start:start + _EVAL_BATCH], labels[start:start + _EVAL_BATCH]
+
+
+__all__ = ["ClassifierModel", "ClassifyTask", "Datasets", "LinearTask", "FinetuneTask", "dataset_share", "evaluate",
+           "freeze", "group_lrs"]

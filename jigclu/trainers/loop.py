@@ -13,6 +13,7 @@ The loop knows nothing of Ray: under Ray Train the context reports through ``ray
 
 from __future__ import annotations
 
+import sys
 import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterable
@@ -167,7 +168,7 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
                         raise Preempted(preempt.stopped_message(position, task.epochs, steps))
             metrics = task.end_epoch(epoch, sums, time.perf_counter() - t0)
             metrics.update(epoch=epoch, step=global_step, world_size=dist.world_size(),
-                           epoch_time_s=time.perf_counter() - t0, time=time.time())
+                           epoch_time_s=time.perf_counter() - t0, time=time.time(), peak_rss_mib=peak_rss_mib())
             if first:
                 metrics["resumed_at_step"] = first  # this epoch was stopped and resumed after that step
             metrics.update(started_from)
@@ -192,6 +193,15 @@ def checkpoint_state(task: Task, epoch: int, global_step: int, **extra: Any) -> 
             "scheduler": task.scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
             "config": task.cfg.model_dump(mode="json"), "world_size": dist.world_size(), "rng": rng_state(),
             **task.extra_state(), **extra}
+
+
+def peak_rss_mib() -> float:
+    """The largest peak resident memory of any worker so far (MiB): what a worker of this run needs."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    mib = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return max(dist.all_gather_objects(round(mib, 1)))
 
 
 def start_line(task: str, name: str, epochs: int, steps: int, start_epoch: int, start_step: int) -> str:

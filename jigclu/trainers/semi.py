@@ -27,6 +27,7 @@ from jigclu import storage
 from jigclu.config import RunConfig, label_fraction
 from jigclu.context import RunContext
 from jigclu.data import balanced_subset_indices
+from jigclu.data.splits import label_file_entries
 from jigclu.data.images import ImageDataset
 from jigclu.errors import ConfigError
 from jigclu.trainers.classify import ClassifyTask
@@ -72,16 +73,7 @@ def read_label_file(path: str, train: ImageDataset) -> Tensor:
     split is a :class:`ConfigError` naming the first one, raised before anything is written.
     """
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"eval.labels: {path!r} is neither a label fraction (1%, 10%, 0.05) nor a file")
-    try:
-        lines = file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"eval.labels: cannot read {file}: {exc}") from None
-    entries = [line.split("#", 1)[0].strip() for line in lines]
-    entries = [e for e in entries if e]
-    if not entries:
-        raise ConfigError(f"eval.labels: {file} lists no images")
+    entries = label_file_entries(path)
     names: dict[str, int] | None = None
     chosen, unknown, ambiguous = [], [], []
     for entry in entries:
