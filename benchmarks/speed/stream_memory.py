@@ -54,11 +54,22 @@ RSS_GROWTH_TARGET, THROUGHPUT_TARGET = 1.2, 0.8
 GEN_S_PER_IMAGE = 0.0007
 RUN_START_S, STEP_S = 45.0, 0.5  # a run's fixed cost (Ray, workers, data plan or load) and per step
 
-# the run: digits.yaml's small model, at the data's 64 px, short epochs, no kNN monitor
+# the run: digits.yaml's small model, at the data's 64 px, short epochs, no kNN monitor; ``linear``
+# (``--task linear``): a random-init backbone's linear evaluation, scored on a 500-image val split
 OVERRIDES = [
     "data.image_size=64", "jigsaw.crop_size=64", "model.width=8", f"data.batch_size={BATCH}",
     "scaling.workers=2", "monitor.knn=false", "train.progress=false",
 ]
+LINEAR = ["data.image_size=64", "jigsaw.crop_size=64", "model.width=8", f"eval.batch_size={BATCH}",
+          "scaling.workers=2", "train.progress=false", "data.val_size=500"]
+
+
+def task_overrides(task: str, epochs: int) -> list[str]:
+    return [*OVERRIDES, f"train.epochs={epochs}"] if task == "pretrain" else [*LINEAR, f"eval.epochs={epochs}"]
+
+
+def title(task: str) -> str:
+    return TITLE if task == "pretrain" else f"{TITLE} ({task})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,12 +228,14 @@ def read_epochs(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_once(data: Path, loader: str, steps: int, epochs: int, out: Path, name: str, timeout: float) -> dict[str, Any]:
-    """One ``jigclu pretrain`` subprocess; its workers' peak RSS, throughput and wall time."""
+def run_once(data: Path, loader: str, steps: int, epochs: int, out: Path, name: str, timeout: float,
+             task: str = "pretrain") -> dict[str, Any]:
+    """One ``jigclu <task>`` subprocess; its workers' peak RSS, throughput and wall time."""
     jigclu = Path(sys.executable).with_name("jigclu")
-    cmd = [str(jigclu), "pretrain", "--config", str(common.REPO_ROOT / "configs" / "digits.yaml"),
-           f"data.dataset=parquet:{data}", f"data.loader={loader}", *OVERRIDES,
-           f"train.epochs={epochs}", f"train.steps_per_epoch={steps}", f"output_dir={out}", f"name={name}"]
+    config = ["--config", str(common.REPO_ROOT / "configs" / "digits.yaml")] if task == "pretrain" else []
+    cmd = [str(jigclu), task, *config,
+           f"data.dataset=parquet:{data}", f"data.loader={loader}", *task_overrides(task, epochs),
+           f"train.steps_per_epoch={steps}", f"output_dir={out}", f"name={name}"]
     log = out / f"{name}.log"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -350,8 +363,10 @@ def section(res: dict[str, Any], info: dict[str, str]) -> str:
         f"(`data.loader=memory`: every worker holds every image's encoded bytes) vs the Ray Data path "
         f"(`data.loader=ray_data`: decoded in Ray Data tasks, streamed into the workers), on synthetic "
         f"Parquet datasets of {PX} px RGB JPEG (q{QUALITY}) images, 10 classes of noisy shapes, "
-        f"{SHARD_MB} MiB shards of {ROW_GROUP_ROWS}-row groups ({gen}). Each run: `jigclu pretrain` "
-        f"(configs/digits.yaml with {', '.join(f'`{o}`' for o in OVERRIDES[:5])}), {res['epochs']} epochs "
+        f"{SHARD_MB} MiB shards of {ROW_GROUP_ROWS}-row groups ({gen}). Each run: `jigclu {res['task']}` "
+        + (f"(configs/digits.yaml with {', '.join(f'`{o}`' for o in OVERRIDES[:5])})" if res["task"] == "pretrain" else
+           f"({', '.join(f'`{o}`' for o in LINEAR)}; a random-init backbone, its val split scored every epoch)")
+        + f", {res['epochs']} epochs "
         f"of {res['steps']} steps, the same for both loaders; loaders alternate, size by size, "
         f"{res['rounds']} round(s); epochs are capped (a {sizes[-1]:,}-image epoch is "
         f"{sizes[-1] // BATCH:,} steps), so the Ray Data stream restarts every {res['steps']} steps and "
@@ -382,6 +397,8 @@ def section(res: dict[str, Any], info: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="peak RSS per Ray Train worker: in-memory reader vs Ray Data")
+    parser.add_argument("--task", choices=("pretrain", "linear"), default="pretrain",
+                        help="the trainer run (its own section of RESULTS.md)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--steps", type=int, default=50, help="steps per epoch (both loaders)")
     parser.add_argument("--epochs", type=int, default=2)
@@ -399,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"stream_memory: expect about {est / 60:.0f} min on 2 cores ("
           + (f"generating {', '.join(f'{n:,}' for n in missing)} images ~{gen_est / 60:.1f} min, " if missing
              else "datasets cached, ")
-          + f"{runs} pretraining runs of ~{per_run / 60:.1f} min; longer on a busy machine)", flush=True)
+          + f"{runs} {args.task} runs of ~{per_run / 60:.1f} min; longer on a busy machine)", flush=True)
     t_total = time.perf_counter()
     info = common.machine_info("1 per Ray Train worker (Ray's default for 1-CPU workers)")
     info["cpu capability"] = torch.backends.cpu.get_cpu_capability()
@@ -418,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for attempt in (1, 2):  # one retry: a failed run is reported, not hidden
                         counter += 1
                         res = run_once(paths[n], loader, args.steps, args.epochs, Path(tmp), f"run{counter:02d}",
-                                       args.timeout)
+                                       args.timeout, args.task)
                         if "error" not in res:
                             break
                         kept = args.cache / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{loader}-{n}.log"
@@ -439,20 +456,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             f"CPU s {cpu}, "
                             f"epoch s {[round(e['epoch_time_s'], 1) for e in res['epochs']]}, "
                             f"images seen {res['images_seen']}")
-    res_all = {"sizes": sizes, "results": results, "ratios": ratios(results, sizes), "steps": args.steps,
+    res_all = {"task": args.task, "sizes": sizes, "results": results, "ratios": ratios(results, sizes), "steps": args.steps,
                "epochs": args.epochs, "rounds": args.rounds, "gen_s": gen_s, "cached": cached,
                "failures": failures,
                "bytes": {n: dataset_bytes(paths[n]) for n in sizes},
                "shards": {n: len(list(paths[n].glob("*.parquet"))) for n in sizes}}
     total = time.perf_counter() - t_total
     info["total time"] = common.fmt_s(total)
-    common.print_table(f"{TITLE} ({args.epochs} x {args.steps} steps, 2 workers; total {total / 60:.1f} min)",
+    common.print_table(f"{title(args.task)} ({args.epochs} x {args.steps} steps, 2 workers; total {total / 60:.1f} min)",
                        COLUMNS, rows(results, sizes))
     for line in verdicts(res_all["ratios"], sizes):
         print(line.replace("**", ""))
     if not args.no_write:
         common.finish_info(info)
-        common.write_section(TITLE, section(res_all, info))
+        common.write_section(title(args.task), section(res_all, info))
     return res_all
 
 
