@@ -1,7 +1,7 @@
 """Run by tests/test_stream_downstream.py in its own process (its own local Ray, started with the S3
 endpoint's environment so Ray Data's tasks and the Train workers reach it): ``linear`` on 2 Ray
 Train workers reading the local copy of the source into memory, then ``linear`` and ``semi``
-streaming it from S3 (``data.loader=ray_data``); ``linear`` evaluates PRETRAINED's backbone. Each
+streaming it from S3 (``data.loader=ray_data``); ``linear`` evaluates PRETRAINED's backbone, 2 epochs. Each
 run's directory is ``OUT/<name>``.
 
     python _stream_downstream_run.py OUT LOCAL_SOURCE S3_URI PRETRAINED OVERRIDE...
@@ -22,6 +22,6 @@ for task, name, source, loader in [("linear", "linear-memory", local, "memory"),
                                    ("semi", "semi-stream", s3_uri, "ray_data")]:
     cfg = load_config(None, [*common, f"data.dataset=parquet:{source}", f"data.loader={loader}", f"output_dir={out}",
                              f"name={name}", "scaling.workers=2", "scaling.cpus_per_worker=1",
-                             *([f"eval.pretrained={pretrained}"] if task == "linear" else [])])
+                             *([f"eval.pretrained={pretrained}", "eval.epochs=2"] if task == "linear" else [])])
     launch_ray(task, prepare(task, cfg), progress=False)
 os._exit(0)  # skip Ray's slow interpreter-exit hooks; everything is written

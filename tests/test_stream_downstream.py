@@ -104,7 +104,7 @@ def test_linear_and_semi_stream_from_s3_on_two_workers_as_memory_scores(tmp_path
         s3.stop()
     runs = {name: read_metrics(out / name) for name in ("linear-memory", "linear-stream", "semi-stream", "semi-memory")}
     for name, metrics in runs.items():
-        assert [m["epoch"] for m in metrics] == [0, 1, 2], name
+        assert [m["epoch"] for m in metrics] == ([0, 1] if name.startswith("linear") else [0, 1, 2]), name
         assert all(m["val_images"] == 200 for m in metrics), name  # the whole test split, each row once
     for task in ("linear", "semi"):
         memory, streamed = runs[f"{task}-memory"][-1], runs[f"{task}-stream"][-1]

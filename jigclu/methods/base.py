@@ -15,6 +15,7 @@ Ray) is the method-agnostic loop's.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -26,7 +27,7 @@ from jigclu.config import RunConfig
 from jigclu.models import ResNetBackbone
 
 
-class Method(nn.Module):
+class Method(nn.Module, ABC):
     """Base of the pretraining methods (:data:`jigclu.methods.METHODS`)."""
 
     name: ClassVar[str]
@@ -43,8 +44,10 @@ class Method(nn.Module):
     def backbone(self) -> ResNetBackbone:
         return self.model.backbone  # type: ignore[return-value]
 
-    def forward(self, images: Tensor, seed: int) -> dict[str, Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, images: Tensor, seed: int) -> dict[str, Tensor]:
+        """The step's losses (``"loss"`` and :attr:`stats`) on a batch of uint8 images; ``seed`` (the
+        same on every worker) seeds the step's augmentation."""
 
     def autocast(self, device: torch.device) -> Any:
         """bf16 autocast around the network when ``train.amp: bf16`` (the losses stay in float)."""
