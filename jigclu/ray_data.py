@@ -26,7 +26,7 @@ from ray.data import DataContext, RandomSeedConfig
 
 from jigclu.config import RunConfig
 from jigclu.data.stream import STREAM_NAME, StreamPlan
-from jigclu.data.stream_loader import DecodeUnits
+from jigclu.data.decode import DecodeUnits
 
 
 def quiet_data_context(verbose: bool = False) -> None:

@@ -18,7 +18,7 @@ import torch
 from benchmarks.harness import cluster_box
 from jigclu.config import load_config
 from jigclu.data.splits import stack_items, training_splits
-from jigclu.data.stream_loader import DecodeUnits
+from jigclu.data.decode import DecodeUnits
 from jigclu.data.stream_runs import plan_for
 from jigclu.errors import ConfigError
 from jigclu.runs import read_metrics
@@ -33,7 +33,7 @@ TINY = ["model.width=8", "data.image_size=32", "jigsaw.crop_size=32", "train.pro
 def _streamed(plan) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row the plan streams, decoded as the Ray Data tasks decode them, in plan order."""
     decoder = DecodeUnits(plan)
-    chunks = [c for unit in plan.units for c in decoder.decode_unit(unit)]
+    chunks = [c for i in range(len(plan.units)) for c in decoder.decode_unit(i)]
     return (torch.from_numpy(np.concatenate([c["image"] for c in chunks])),
             torch.from_numpy(np.concatenate([c["label"] for c in chunks])))
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from jigclu.data.decode import decode_array
 from jigclu.data.images import ImageDataset, ImageSize
 from jigclu.errors import DataError
 
@@ -117,16 +118,7 @@ class EncodedImageDataset(ImageDataset):
 
 def decode_image(data: bytes, mode: str, size: ImageSize | None) -> torch.Tensor:
     """Decode encoded image bytes to a ``uint8 [C, H, W]`` tensor in ``mode`` at ``size``."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        out = img if img.mode == mode else img.convert(mode)
-        if size is not None and out.size != (size[1], size[0]):
-            # PIL's bilinear filter widens its support when shrinking, i.e. it antialiases.
-            out = out.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arr = np.array(out, dtype=np.uint8)  # a writable copy, so torch.from_numpy is safe
-    if arr.ndim == 2:
-        return torch.from_numpy(arr).unsqueeze(0)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_array(data, mode, size))
 
 
 @dataclass(frozen=True)

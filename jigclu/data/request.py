@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 import torch
 
 from jigclu import storage
+from jigclu.data.decode import resolve
 from jigclu.data.images import ImageDataset, ImageSize, TensorImageDataset, resize_uint8
 from jigclu.errors import DataError
 
@@ -61,17 +62,6 @@ def local_dir(req: Request, default: str | None = None) -> str:
         what = "is not a directory" if os.path.exists(path) else "does not exist"
         raise DataError(f"{req.kind}: {path} {what}; {req.hint}")
     return path
-
-
-def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """:func:`jigclu.storage.resolve` at the data edge: a location that cannot be opened is a
-    :class:`DataError`, with the filesystem's own reason."""
-    try:
-        return storage.resolve(location)
-    except storage.StorageError as exc:
-        # StorageError hides (from None) but keeps the filesystem's error as its context.
-        reason = exc.__context__ if exc.__context__ is not None else exc
-        raise DataError(f"cannot open {location}: {reason}") from exc
 
 
 def in_memory(req: Request, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> ImageDataset:

@@ -6,7 +6,7 @@ the source's Parquet *row groups* (:class:`Unit`) with their row counts and, whe
 ``split`` column's statistics tell it, their split; nothing but file footers is read to make it
 (a row group that mixes splits has its small ``split`` column read). The plan is what Ray Data
 reads and decodes, unit by unit, in its own tasks (:mod:`jigclu.ray_data`), and what a worker
-reads a bounded sample from for the kNN monitor (:func:`read_rows`).
+reads a bounded sample from for the kNN monitor (:func:`jigclu.data.decode.read_rows`).
 
 A plan is made once per run: a process keeps the plans it made (keyed by the source's listing, so
 a rewritten source is planned again), the driver hands its plan to the Ray Train workers in their
@@ -39,7 +39,7 @@ from jigclu.data.encoded import probe_image
 from jigclu.data.images import ImageSize
 from jigclu.data.splits import VAL_SALT, stratified, val_count
 from jigclu.data.parquet import HINT, META_CHANNELS, META_CLASSES, META_IMAGE_SIZE, check_parquet_schema
-from jigclu.data.request import resolve
+from jigclu.data.decode import read_rows, resolve
 from jigclu.errors import DataError
 
 STREAM_NAME = "train"  # the streamed dataset's name in Ray Train (datasets=, get_dataset_shard)
@@ -232,15 +232,6 @@ def _classes(schema: pa.Schema, files: list[str], footers: list[pq.FileMetaData]
     return [str(c) for c in range(high + 1)]
 
 
-def read_rows(fs: pafs.FileSystem, unit: Unit, rows: np.ndarray,
-              columns: tuple[str, ...] = ("image", "label")) -> dict[str, list[Any]]:
-    """``columns`` of the given rows of one unit (its row group read once, then the rows taken)."""
-    with fs.open_input_file(unit.path) as handle:
-        table = pq.ParquetFile(handle).read_row_group(unit.row_group, columns=list(columns))
-    taken = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
-    return {name: taken[name].to_pylist() for name in columns}
-
-
 _PLANS: dict[tuple[Any, ...], StreamPlan] = {}  # this process's plans (see the module docstring)
 _PLANS_KEPT = 8
 
@@ -342,4 +333,4 @@ def sample_units(units: list[Unit], limit: int | None, seed: int) -> list[tuple[
     return out
 
 
-__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "plan_stream", "read_rows", "sample_units"]
+__all__ = ["STREAM_NAME", "StreamPlan", "Unit", "plan_stream", "sample_units"]

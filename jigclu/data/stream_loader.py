@@ -1,11 +1,8 @@
-"""Reading a :class:`~jigclu.data.stream.StreamPlan`: decoding units and batching a worker's shard.
+"""Reading a :class:`~jigclu.data.stream.StreamPlan` in a worker: batching its shard, sampling rows.
 
-Two halves, both free of Ray so they run (and are tested) in a plain process:
+Free of Ray, so it runs (and is tested) in a plain process; the decoding itself, which runs in Ray
+Data's tasks, is :class:`jigclu.data.decode.DecodeUnits` (torch-free).
 
-* :class:`DecodeUnits` is the function Ray Data maps over the plan's unit numbers, in its own
-  tasks on any node with CPUs: it reads one row group, decodes and resizes its images to uint8
-  and yields them in chunks. A corrupt image is not dropped there but *marked* (``ok`` false,
-  ``error`` naming it), so the training side can count it exactly and apply ``on_corrupt``.
 * :class:`StreamLoader` turns a worker's shard (what ``ray.train.get_dataset_shard`` returns, or
   any object with the same ``iter_batches``) into exact ``(images, labels, keys)`` batches of the
   per-worker size: it drops the marked rows (or raises, with ``on_corrupt=fail``), refills the
@@ -22,63 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from jigclu.data.encoded import decode_image
+from jigclu.data.decode import CHUNK_ROWS, DecodeUnits, read_rows, resolve
 from jigclu.data.images import TensorImageDataset
-from jigclu.data.stream import StreamPlan, Unit, read_rows, sample_units
+from jigclu.data.stream import StreamPlan, Unit, sample_units
 from jigclu.errors import DataError
-
-CHUNK_ROWS = 256  # rows per decoded block: a few MB at ImageNet sizes
-
-
-class DecodeUnits:
-    """Ray Data ``map_batches`` function: unit numbers -> decoded chunks of their rows.
-
-    Output columns: ``image`` uint8 ``[n, C, H, W]``, ``label`` int64, ``key`` int64 (unit
-    offset + row), ``ok`` bool and ``error`` (``""`` for a good row).
-    """
-
-    def __init__(self, plan: StreamPlan, units: list[Unit] | None = None) -> None:
-        self.location = plan.location
-        self.units = plan.units if units is None else units
-        self.channels, self.size = plan.channels, plan.image_size
-        self._fs: Any = None
-
-    def _filesystem(self) -> Any:
-        if self._fs is None:  # resolved in the task's process: filesystems are not always picklable
-            from jigclu.data.request import resolve
-
-            self._fs = resolve(self.location)[0]
-        return self._fs
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for index in np.asarray(batch["id"]).tolist():
-            yield from self.decode_unit(self.units[int(index)])
-
-    def decode_unit(self, unit: Unit) -> Iterator[dict[str, np.ndarray]]:
-        rows = unit.kept_rows()
-        data = read_rows(self._filesystem(), unit, rows)
-        for start in range(0, len(rows), CHUNK_ROWS):
-            part = slice(start, start + CHUNK_ROWS)
-            yield self.decode(data["image"][part], data["label"][part], unit.offset + rows[part],
-                              [f"{unit.path} row {r}" for r in rows[part].tolist()])
-
-    def decode(self, blobs: list[bytes | None], labels: list[int], keys: np.ndarray,
-               where: list[str]) -> dict[str, np.ndarray]:
-        n, (h, w) = len(blobs), self.size
-        images = np.zeros((n, self.channels, h, w), dtype=np.uint8)
-        ok = np.ones(n, dtype=bool)
-        errors = [""] * n
-        mode = "L" if self.channels == 1 else "RGB"
-        for i, blob in enumerate(blobs):
-            try:
-                if blob is None:
-                    raise ValueError("image is null")
-                images[i] = decode_image(blob, mode, self.size).numpy()
-            except Exception as exc:  # noqa: BLE001 - PIL signals corruption through many exception types
-                ok[i], errors[i] = False, f"{where[i]}: {type(exc).__name__}: {exc}"
-        return {"image": images, "label": np.asarray(labels, dtype=np.int64), "key": np.asarray(keys, np.int64),
-                "ok": ok, "error": np.asarray(errors, dtype=object)}
-
 
 Agree = Callable[[bool], bool]
 """``agree(mine)`` -> True when every worker says True (an all-reduce of ``min``; identity alone)."""
@@ -177,8 +121,6 @@ def sample_chunks(plan: StreamPlan, units: list[Unit], limit: int | None, seed: 
     of uint8 images and labels at a time, corrupt images left out: only the row groups holding the
     sample are read, one at a time, so a pass that keeps only features holds no more images than that.
     ``part=(rank, world)``: this worker's share of the sample (every ``world``-th of its row groups)."""
-    from jigclu.data.request import resolve
-
     decoder, fs = DecodeUnits(plan, units), resolve(plan.location)[0]
     rank, world = part
     for unit, rows in sample_units(units, limit, seed)[rank::world]:
@@ -201,4 +143,4 @@ def read_sample(plan: StreamPlan, units: list[Unit], limit: int | None, seed: in
                               name=f"parquet:{plan.location}", split=split, classes=plan.classes)
 
 
-__all__ = ["CHUNK_ROWS", "DecodeUnits", "StreamLoader", "read_sample", "sample_chunks"]
+__all__ = ["StreamLoader", "read_sample", "sample_chunks"]

@@ -29,7 +29,8 @@ import torch
 from jigclu import storage
 from jigclu.config import label_fraction
 from jigclu.data.splits import balanced_subset_indices, label_file_entries
-from jigclu.data.stream import StreamPlan, plan_stream, read_rows
+from jigclu.data.decode import read_rows, resolve
+from jigclu.data.stream import StreamPlan, plan_stream
 from jigclu.errors import ConfigError, DataError
 
 STREAMING_TASKS = ("pretrain", "linear", "semi", "finetune")
@@ -68,8 +69,6 @@ def _file_stamp(path: str) -> tuple[int, int] | None:
 
 def train_labels(plan: StreamPlan) -> torch.Tensor:
     """The label of every training row of ``plan``, in plan order (only the ``label`` column is read)."""
-    from jigclu.data.request import resolve
-
     fs = resolve(plan.location)[0]
     with ThreadPoolExecutor(max_workers=8) as pool:  # object stores: row groups in parallel
         parts = list(pool.map(lambda u: read_rows(fs, u, u.kept_rows(), columns=("label",))["label"], plan.units))
