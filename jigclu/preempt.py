@@ -141,7 +141,7 @@ def install_in_worker() -> None:
     stop at its next step; a second one goes to the handler that was there before (Ray's: exit).
 
     A Ray worker's main thread waits in Ray's C++ task loop and runs Python signal handlers only
-    when the controller next polls it (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default).
+    when the controller next polls it (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``: 0.25 s by jigclu's default).
     So that the loop need not wait for that, the signal is also written to a wakeup pipe
     (``signal.set_wakeup_fd``, done by CPython at delivery) that :func:`requested` reads. Two
     SIGTERMs that arrive before the main thread runs Python count as one.
