@@ -375,3 +375,16 @@ def test_torn_tune_state_files_are_set_aside(tmp_path):
     assert sorted(torn) == ["search_gen_state-2026-01-01_00-00-00.json", "searcher-state-2026-01-01_00-00-00.pkl"]
     assert (tmp_path / "experiment_state-2026-01-01_00-00-00.json").exists()
     assert (tmp_path / "search_gen_state-2026-01-01_00-00-00.json.torn").exists()
+
+
+def test_nothing_is_said_to_wait_once_the_sweep_has_ended(tmp_path):
+    """Fails if waiting.json keeps a trial the last check saw waiting: it is written only every few
+    seconds while the sweep runs, so the sweep's end must clear it (CI saw such a stale entry)."""
+    from tune.layout import WAITING
+    from tune.waiting import ResourceWait
+
+    callback = ResourceWait("s", str(tmp_path), print, train_trials=True)
+    callback.written = {"abc": "its Ray Train run is SCHEDULING"}
+    (tmp_path / WAITING).write_text(json.dumps(callback.written))
+    callback.on_experiment_end(trials=[])
+    assert json.loads((tmp_path / WAITING).read_text()) == {}

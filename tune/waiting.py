@@ -98,6 +98,13 @@ class ResourceWait(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.since.pop(trial.trial_id, None)
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Nothing waits once the sweep has ended: the file is written only every ``CHECK_S`` while it
+        runs, so an entry seen at the last check would otherwise outlive the sweep."""
+        if self.written:
+            self.written = {}
+            write_atomic(f"{self.sweep_dir.rstrip('/')}/{WAITING}", json.dumps({}))
+
     def waiting(self, trials: list) -> dict[str, str]:
         """``{trial id: what it waits for}`` of the trials that cannot go on for want of resources."""
         runs = train_run_states() if self.train_trials else {}

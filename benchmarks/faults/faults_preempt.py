@@ -103,13 +103,15 @@ def sigterm_once(work: Path, fraction: float = 0.4, straight: bool = False, name
 def sigterm_twice(work: Path) -> Stopped:
     """SIGTERM twice, 0.25 s apart, inside one long step (a wider model, a bigger batch): the second
     one stops at once, without the checkpoint; then ``--resume``."""
-    big = ["data.batch_size=96", "model.width=16", "train.steps_per_epoch=2", "data.limit=192",
+    # a step of ~1 s on AVX-512 (3 s on AVX2): batch 96 at width 16 took 0.26 s, and a second SIGTERM
+    # 0.25 s after the first then came after the stop (the process exited on it: -15, not 143)
+    big = ["data.batch_size=192", "model.width=24", "train.steps_per_epoch=2", "data.limit=384",
            f"train.epochs={TWICE_EPOCHS}"]
     args, run_dir = pretrain_args(str(work), "twice", *big), str(work / "twice")
     out = Stopped(run_dir)
     cmd = Command(args, work)
     # right as epoch 2 of 3 starts; 0.25 s apart: longer than any one torch op here (two signals
-    # before the Python handler runs count as one), shorter than a step of this size (0.5 to 1.5 s)
+    # before the Python handler runs count as one), shorter than a step of this size (about 1 s)
     out.code, _, out.grace_s = _sigterm(cmd, run_dir, 1, 0.0, 1.0, twice_after=0.25)
     out.stderr, out.temp_files = cmd.stderr, temp_files(run_dir)
     out.state = RunLayout(run_dir).load_latest() or {}
