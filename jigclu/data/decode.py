@@ -9,7 +9,7 @@ can count it exactly and apply ``on_corrupt``.
 This module imports numpy, Pillow and pyarrow, never torch (``jigclu.data`` imports its names
 lazily), and :class:`DecodeUnits` holds plain values, not the plan: a decode task's worker process
 starts in a fraction of a second with about 70 MB, where importing torch cost about 2.4 CPU seconds
-and 670 MB per worker (``tests/test_house.py`` keeps it so).
+and 670 MB per worker (``tests/test_stream.py`` keeps it so).
 """
 
 from __future__ import annotations
