@@ -131,8 +131,9 @@ def _cfg(*extra: str):
 
 
 def test_loader_choice(tmp_path):
-    src = write_source(tmp_path / "pq", train=120, test=0, files=1)
+    src = write_source(tmp_path / "pq", train=120, test=20, files=1)
     parquet = f"data.dataset=parquet:{src}"
+    no_test = f"data.dataset=parquet:{write_source(tmp_path / 'no-test', train=120, test=0, files=1)}"
     assert choose_loader("pretrain", _cfg(parquet, "scaling.workers=2")) == "memory"  # below the threshold
     assert choose_loader("pretrain", _cfg(parquet, "scaling.workers=2", "data.stream_min_images=100")) == "ray_data"
     assert choose_loader("pretrain", _cfg(parquet, "data.stream_min_images=100")) == "memory"  # one process
@@ -146,8 +147,9 @@ def test_loader_choice(tmp_path):
                                ("semi", [parquet, "scaling.workers=2", f"eval.labels={labels}"],
                                 r"names 1 row\(s\) that do not exist in the 120-row train split .*\(first: 120\)"),
                                ("semi", [parquet, "scaling.workers=2", "eval.labels=nothing-here.txt"],
-                                "neither a label fraction")]:
-        with pytest.raises(ConfigError, match=words):
+                                "neither a label fraction"),
+                               ("linear", [no_test, "scaling.workers=2"], "no validation or test rows for linear")]:
+        with pytest.raises((ConfigError, DataError), match=words):
             choose_loader(task, _cfg(*extra, "data.loader=ray_data"))
 
 
