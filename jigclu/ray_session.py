@@ -34,6 +34,13 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
 # default, up to 2 s more start-up and ~5 s more teardown per run (benchmarks/RESULTS.md "Ray overhead":
 # teardown 6.1 s -> 0.9 s at 0.25 s); Ray Train passes it on to the controller, remote clusters included
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# A raylet kills a worker process idle for 1 s once the node runs more worker processes than it has
+# CPUs (Ray's num_workers_soft_limit). Train's workers and Ray's actors alone reach that on a small
+# node, so every Ray Data decode task then paid for a new process (imports, ~1.5 s): measured on
+# 1-CPU nodes, a 6-step streamed epoch took 25 s, 1.4 s with this limit. Room for the training and
+# decode processes of every CPU, plus Ray's own actors; read by the raylets this process starts (a
+# cluster's own nodes need it in their environment: clusters/README.md)
+os.environ.setdefault("RAY_num_workers_soft_limit", str(2 * (os.cpu_count() or 1) + 8))
 
 import ray  # noqa: E402
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback  # noqa: E402

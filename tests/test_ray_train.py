@@ -28,7 +28,10 @@ def cfg_for(tmp_path: Path, *extra: str):
     return load_config(None, TINY + [f"output_dir={tmp_path}", *extra])
 
 
-@pytest.mark.slow  # about 40 s on 2 CPU cores
+# ~30 s on 2 cores: a fault row of `make faults` (the suite's budget); in `make test` a killed worker of
+# a streamed run (test_stream_ray.py), of semi (test_downstream_ray.py) and a lost node (test_elastic.py)
+@pytest.mark.slow
+@pytest.mark.faults
 def test_killed_worker_recovers_from_last_checkpoint(ray_local, tmp_path):
     from jigclu.ray_train import launch_ray
 

@@ -72,7 +72,9 @@ class RayBox:
 
     def __init__(self, root: Path, env: dict[str, str], workers: int = 3, cpus: int = 1) -> None:
         self.root, self.port, self.dashboard_port = root, free_port(), free_port()
+        # as clusters/README.md asks of every node: keep idle decode workers (jigclu/ray_session.py)
         self.env = {**os.environ, **env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_num_workers_soft_limit": str(2 * cpus + 8),
                     "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[subprocess.Popen] = []
