@@ -27,6 +27,7 @@ from ray.data import DataContext, RandomSeedConfig
 from jigclu.config import RunConfig
 from jigclu.data.stream import STREAM_NAME, StreamPlan
 from jigclu.data.decode import DecodeUnits
+from jigclu.ray_data_loop import IdleWait
 
 
 def quiet_data_context(verbose: bool = False) -> None:
@@ -45,7 +46,10 @@ def stream_dataset(plan: StreamPlan, seed: int, decode_cpus: float = 0.5) -> ray
     # node whose CPUs Train's workers hold cannot give: the stream would wait for it forever)
     units = ray.data.from_items([{"id": i} for i in range(len(plan.units))], override_num_blocks=len(plan.units))
     units = units.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
-    return units.map_batches(DecodeUnits(plan), batch_size=1, batch_format="numpy", num_cpus=decode_cpus)
+    ds = units.map_batches(DecodeUnits(plan), batch_size=1, batch_format="numpy", num_cpus=decode_cpus)
+    # travels with the dataset to the SplitCoordinator: its scheduling loop waits instead of spinning
+    ds.context.custom_execution_callback_classes = [*ds.context.custom_execution_callback_classes, IdleWait]
+    return ds
 
 
 def train_datasets(cfg: RunConfig, plan: StreamPlan | None) -> dict[str, Any] | None:

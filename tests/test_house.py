@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("jigclu", "tune")
 # the modules allowed to import Ray: the wrappers around Ray Train, Ray Tune and the cluster launcher
-RAY_WRAPPERS = {"jigclu.ray_train", "jigclu.ray_session", "jigclu.ray_preempt", "jigclu.ray_data", "tune.sweep", "tune.train_trial", "tune.live", "tune.waiting", "tune.searcher", "tune.schedulers", "tune.repeats", "tune.promotion", "jigclu.cluster.launcher", "jigclu.cluster.kuberay"}
+RAY_WRAPPERS = {"jigclu.ray_train", "jigclu.ray_session", "jigclu.ray_preempt", "jigclu.ray_data", "jigclu.ray_data_loop", "tune.sweep", "tune.train_trial", "tune.live", "tune.waiting", "tune.searcher", "tune.schedulers", "tune.repeats", "tune.promotion", "jigclu.cluster.launcher", "jigclu.cluster.kuberay"}
 MAX_LINES = 400
 
 

@@ -94,3 +94,27 @@ def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed
     metrics = read_metrics(tmp_path / "streamed")
     assert metrics[-1]["epoch"] == 4 and metrics[-1]["images_seen"] == (383 // 2 // 16) * 32, metrics[-1]
     assert (tmp_path / "streamed" / "stream_plan.json").read_text() == plan
+
+
+def test_the_streams_scheduling_loop_waits_while_nothing_moves(ray_local, tmp_path, monkeypatch):
+    """Fails if the stream's dataset does not carry :class:`IdleWait` to the executor that runs it,
+    or if it never waits while a slow consumer leaves that executor nothing to do (Ray Data's loop
+    then spins, a core of the SplitCoordinator: benchmarks/RESULTS.md "Streaming data")."""
+    import time
+
+    import jigclu.ray_data_loop as loop
+    from jigclu.data.stream import plan_stream
+    from jigclu.ray_data import stream_dataset
+
+    src = write_source(tmp_path / "pq", train=640, test=0, files=2, row_group=32)
+    ds = stream_dataset(plan_stream(str(src)), seed=0, decode_cpus=0.5)
+    assert loop.IdleWait in ds.context.custom_execution_callback_classes
+    waits = []
+    monkeypatch.setattr(loop, "_wait", lambda: waits.append(time.sleep(loop.IDLE_WAIT_S)))
+    rows = 0
+    for batch in ds.iter_batches(batch_size=32, batch_format="numpy"):  # the executor runs in this process
+        rows += len(batch["label"])
+        time.sleep(0.2)  # a slow trainer: the decode is done long before it asks again
+        if rows >= 320:
+            break
+    assert rows >= 320 and len(waits) >= 10, len(waits)
