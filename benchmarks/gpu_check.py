@@ -15,6 +15,9 @@ Rows of one table, each a check with its figure and a pass/fail verdict:
   backward and SGD step) on synthetic batches: images/s and peak GPU memory, for
   ``configs/demo.yaml`` and for ``configs/paper_imagenet_r50.yaml`` at batch 64 (ResNet-50, 224 px,
   m = 2, bf16 as that recipe trains).
+- **JPEG decode**: ``data.decode=device``'s decoder (a batched ``decode_jpeg`` on the GPU, resized
+  there) against one CPU decode task's PIL decode of the same 512 JPEGs (500 px to 224 px): images/s
+  of each, and their pixels agree (mean difference at most 2 levels).
 
 A global time budget (default 270 s) skips the remaining rows with a clear line when it is spent.
 Exit code 1 when a check fails. Without CUDA it prints one line and exits 0.
@@ -26,19 +29,24 @@ Exit code 1 when a check fails. Without CUDA it prints one line and exits 0.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from benchmarks.harness import common, montage_check
 from benchmarks.speed.step_cost import synthetic_images
 from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig, load_config
+from jigclu.data.decode import decode_array
+from jigclu.data.device_decode import DeviceDecoder
 from jigclu.jigsaw import patch_layout
 from jigclu.methods import build_method
 from jigclu.methods.jigclu import jigclu_losses, make_montages
@@ -48,8 +56,9 @@ NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); 
 DEMO, R50 = common.REPO_ROOT / "configs" / "demo.yaml", common.REPO_ROOT / "configs" / "paper_imagenet_r50.yaml"
 CHECKS = ("global montage: 2 processes = 1", "PatchAugment: CUDA = CPU (CPU generator)",
           "PatchAugment: CUDA statistics", "bf16 step vs fp32", "throughput: demo config",
-          "throughput: ResNet-50 224 px m=2 b64")
+          "throughput: ResNet-50 224 px m=2 b64", "JPEG decode: device vs CPU tasks")
 BF16_LOSS_RTOL, AUG_ATOL, AUG_MAX_Z = 0.05, 1e-4, 5.0
+JPEG_MAX_DIFF = 2.0  # mean |device - PIL| in 0-255 levels after the resize (libjpeg on CPU: 0.16)
 # 2 ranks vs 1 process: tests/test_global_montage.py's tolerances on CPU; looser on CUDA, where
 # the two batch splits may run other conv kernels (TF32 is off for this check either way)
 MONTAGE_CPU = {"loss_rtol": 1e-5, "rtol": 1e-4, "atol": 1e-6}
@@ -71,10 +80,11 @@ class Sizes:
     r50_images: tuple[int, int]
     warmup: int
     timed: int
+    jpeg: tuple[int, int, int] = (32, 64, 32)  # JPEGs, their side, the side decoded to
 
 
 CUDA = Sizes(montage_check.Spec(width=16, proj_dim=32), 32, 32, 1024, 64, (), (1, 28),
-             ("data.batch_size=64",), (3, 256), warmup=5, timed=20)
+             ("data.batch_size=64",), (3, 256), warmup=5, timed=20, jpeg=(512, 500, 224))
 TINY = ("model.arch=resnet18_small", "model.width=8", "jigsaw.crop_size=32", "data.image_size=32")
 CPU = Sizes(montage_check.Spec(), 8, 16, 64, 32, ("model.width=8", "data.batch_size=16"), (1, 28),
             (*TINY, "data.batch_size=8"), (3, 32), warmup=1, timed=2)
@@ -214,6 +224,40 @@ def throughput_row(device: torch.device, cfg: RunConfig, shape: tuple[int, int],
             f"{rate:,.0f} img/s ({seconds / sizes.timed * 1e3:,.1f} ms/step){peak}", ok)
 
 
+def jpeg_chunk(n: int, side: int) -> dict[str, np.ndarray]:
+    """A raw chunk as Ray Data hands it over with ``data.decode=device``: ``n`` q90 JPEGs of ``side`` px."""
+    blobs = []
+    for image in synthetic_images(n, side, seed=3):
+        buf = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    objects = lambda values: np.array(values + [None], dtype=object)[:-1]  # noqa: E731 - keeps bytes as objects
+    return {"data": objects(blobs), "where": objects([f"row {i}" for i in range(n)]),
+            "label": np.zeros(n, np.int64), "key": np.arange(n), "ok": np.ones(n, bool), "error": objects([""] * n)}
+
+
+def jpeg_decode_row(device: torch.device, sizes: Sizes) -> Check:
+    """``data.decode=device`` (a batched ``decode_jpeg`` on the device, resized there) against the
+    CPU decode tasks' PIL decode in one process, on the same JPEGs; passes when the pixels agree."""
+    n, side, out = sizes.jpeg
+    chunk = jpeg_chunk(n, side)
+    decoder = DeviceDecoder(3, (out, out), device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    decoder(chunk)  # warm-up (nvJPEG handles, kernels)
+    sync()
+    start = time.perf_counter()
+    got = decoder(chunk)["image"]
+    sync()
+    device_s = time.perf_counter() - start
+    start = time.perf_counter()
+    want = np.stack([decode_array(blob, "RGB", (out, out)) for blob in chunk["data"]])
+    cpu_s = time.perf_counter() - start
+    diff = (got.cpu().numpy().astype(np.int16) - want.astype(np.int16)).__abs__().mean()
+    return (f"{n} JPEGs of {side} px to {out} px: device decode (batched decode_jpeg + resize) vs one CPU "
+            f"decode task (PIL)", f"{n / device_s:,.0f} vs {n / cpu_s:,.0f} img/s; mean |diff| {diff:.2f} levels",
+            bool(diff <= JPEG_MAX_DIFF))
+
+
 def print_table(rows: list[tuple[str, str, str, bool | None]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -249,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: bf16_row(device, r50, sizes.r50_images),
         lambda: throughput_row(device, demo, sizes.demo_images, sizes),
         lambda: throughput_row(device, r50, sizes.r50_images, sizes),
+        lambda: jpeg_decode_row(device, sizes),
     ), strict=True))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke run, tiny sizes)"
     common.progress(f"gpu-check on {name}, torch {torch.__version__}, budget {args.budget:.0f} s")

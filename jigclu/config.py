@@ -57,6 +57,10 @@ class DataConfig(_Section):
                                 "start-up time and memory); 0 = no local shuffle")
     decode_cpus: float = Field(0.5, gt=0.0, le=64.0, description="ray_data: CPUs each Ray Data decode task "
                                "reserves")
+    decode: Literal["tasks", "device"] = Field(
+        "tasks", description="ray_data: where the images are decoded: in Ray Data tasks on CPUs (tasks), or "
+        "batched in each training worker on its device (device: torchvision's decode_jpeg on the GPU with "
+        "scaling.gpu, the same code on the worker's CPU without; Ray Data tasks then only read the bytes)")
 
     @field_validator("val_size")
     @classmethod

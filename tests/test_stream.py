@@ -30,8 +30,8 @@ class UnitShard:
     """The plan's units decoded in this process, in order: the same columns, through the same
     ``iter_batches`` signature, as the Ray Data shard a Ray Train worker gets."""
 
-    def __init__(self, plan, units=None) -> None:
-        self.decoder = DecodeUnits(plan, units)
+    def __init__(self, plan, units=None, raw=False) -> None:
+        self.decoder = DecodeUnits(plan, units, raw=raw)
         self.calls: list[dict] = []
 
     def iter_batches(self, *, batch_size, batch_format, local_shuffle_buffer_size, local_shuffle_seed):
@@ -88,6 +88,25 @@ def test_loader_yields_exact_batches_and_skips_and_counts_corrupt_images(tmp_pat
     loader.set_epoch(3)
     list(loader)
     assert shard.calls[-1]["seed"] != shard.calls[-2]["seed"]  # a new local shuffle every epoch
+
+
+def test_a_capped_epoch_leaves_its_pass_open_for_the_next(tmp_path):
+    """Fails if a capped epoch restarts the stream (a new read, its start-up and read-ahead lost), if
+    the next epoch repeats or skips rows of the open pass, or if a new pass never starts once one ends."""
+    src = write_source(tmp_path / "pq", train=200, test=0, files=2, row_group=30)
+    shard = UnitShard(plan_stream(str(src)))
+    loader = StreamLoader(shard, 16)
+    keys = []
+    for epoch in range(3):  # 3 capped epochs of 4 steps: 192 of the pass's 200 rows, one read
+        loader.set_epoch(epoch)
+        keys += [b[2] for _, b in zip(range(4), loader)]
+    assert len(shard.calls) == 1
+    keys = torch.cat(keys).tolist()
+    assert len(keys) == 192 == len(set(keys)) and set(keys) <= set(range(200))
+    loader.set_epoch(3)
+    assert [len(b[0]) for b in loader] == []  # 8 rows left, no full batch: the pass ends
+    loader.set_epoch(4)
+    assert len(list(loader)) == 200 // 16 and len(shard.calls) == 2  # a new pass
 
 
 def test_loader_fails_on_corrupt_image_with_one_line_naming_it(tmp_path):

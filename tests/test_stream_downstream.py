@@ -58,16 +58,29 @@ def test_semi_subset_from_row_labels_is_the_in_memory_subset(tmp_path, labels):
         assert plan.labeled == [5, 17, 200, 319]
 
 
-def test_semi_labels_naming_missing_rows_is_one_line_before_anything(tmp_path):
+def test_bad_labels_are_one_line_before_anything(tmp_path):
+    """A semi labels file naming rows that do not exist, or naming files; a source with null labels
+    for linear (read from the label statistics, no image): one line each, no run directory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     src = write_source(tmp_path / "pq", train=120, test=20, files=1)
+    nulls = write_source(tmp_path / "nulls", train=120, test=20, files=1)
+    table = pq.read_table(nulls / "part-00000.parquet")
+    labels = [None if i in (7, 130) else v for i, v in enumerate(table["label"].to_pylist())]
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.int64()))
+    pq.write_table(table, nulls / "part-00000.parquet", row_group_size=40)
     (tmp_path / "labels.txt").write_text("3\n120\n")
     (tmp_path / "names.txt").write_text("cat/1.png\n")
     from jigclu import cli
 
-    for file, words in [("labels.txt", "names 1 row(s) that do not exist in the 120-row train split"),
-                        ("names.txt", "a parquet: source's rows are named by their index")]:
-        args = ["semi", "--labels", str(tmp_path / file), f"data.dataset=parquet:{src}", "data.loader=ray_data",
-                "scaling.workers=2", f"output_dir={tmp_path / 'runs'}", *TINY]
+    for task, source, extra, words in [
+            ("semi", src, ["--labels", str(tmp_path / "labels.txt")],
+             "names 1 row(s) that do not exist in the 120-row train split"),
+            ("semi", src, ["--labels", str(tmp_path / "names.txt")], "a parquet: source's rows are named by their index"),
+            ("linear", nulls, [], "has 2 rows without a label; linear trains and scores on labels")]:
+        args = [task, *extra, f"data.dataset=parquet:{source}", "data.loader=ray_data", "scaling.workers=2",
+                f"output_dir={tmp_path / 'runs'}", *TINY]
         proc = subprocess.run([sys.executable, "-m", "jigclu.cli", *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0 and words in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -49,7 +49,8 @@ def test_every_image_once_per_epoch_across_workers_from_disk_and_s3(tmp_path):
 
 def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed_worker(ray_local, tmp_path,
                                                                                       monkeypatch):
-    """Fails if the stream's batches are not the images (no learning), a corrupt row is lost
+    """With data.decode=device (Ray Data reads the bytes, each worker decodes them: on its CPU here).
+    Fails if the stream's batches are not the images (no learning), a corrupt row is lost
     without being counted, or a killed worker ends the run instead of resuming from its checkpoint;
     if the driver reads a shard's footer more than once, or a resume streams rows the run did not
     start with (a shard added to the source since)."""
@@ -59,7 +60,7 @@ def test_streamed_pretraining_learns_counts_corrupt_images_and_survives_a_killed
 
     src = write_source(tmp_path / "pq", train=384, test=64, files=2, row_group=64, corrupt=(17,))
     cfg = load_config(None, [
-        f"data.dataset=parquet:{src}", "data.loader=ray_data", "data.batch_size=32", "model.width=8",
+        f"data.dataset=parquet:{src}", "data.loader=ray_data", "data.decode=device", "data.batch_size=32", "model.width=8",
         "jigsaw.crop_size=32", "train.progress=false", "optim.lr=0.2", "train.epochs=4", "scaling.workers=2",
         "scaling.max_failures=2", "monitor.train_limit=200", "monitor.test_limit=64", f"output_dir={tmp_path}",
         "name=streamed"])
@@ -118,3 +119,28 @@ def test_the_streams_scheduling_loop_waits_while_nothing_moves(ray_local, tmp_pa
         if rows >= 320:
             break
     assert rows >= 320 and len(waits) >= 10, len(waits)
+
+
+def test_raw_rows_cross_ray_data_as_bytes(ray_local, tmp_path):
+    """data.decode=device: the rows Ray Data hands over are each image's bytes (not decoded, not
+    re-encoded by the block format), and decoding them gives the images the decode tasks give."""
+    import numpy as np
+
+    from jigclu.data.decode import DecodeUnits
+    from jigclu.data.device_decode import DeviceDecoder
+    from jigclu.data.stream import plan_stream
+    from jigclu.ray_data import stream_dataset
+
+    src = write_source(tmp_path / "pq", train=120, test=0, files=1, row_group=40, corrupt=(3,))
+    plan = plan_stream(str(src))
+    decoder = DeviceDecoder(plan.channels, plan.image_size)
+    got = [decoder(b) for b in stream_dataset(plan, seed=0, raw=True).iter_batches(batch_size=None, batch_format="numpy")]
+    want = [c for i in range(len(plan.units)) for c in DecodeUnits(plan).decode_unit(i)]
+    assert all(isinstance(b, bytes) for b in np.concatenate([c["data"] for c in
+               stream_dataset(plan, seed=0, raw=True).iter_batches(batch_size=None, batch_format="numpy")]))
+    by_key = {int(k): img for c in want for k, img, ok in zip(c["key"], c["image"], c["ok"]) if ok}
+    keys = [int(k) for c in got for k, ok in zip(c["key"], c["ok"]) if ok]
+    assert sorted(keys) == sorted(by_key) == [k for k in range(120) if k != 3]
+    for c in got:
+        for k, img, ok in zip(c["key"], c["image"], c["ok"]):
+            assert not ok or np.array_equal(img.numpy(), by_key[int(k)])

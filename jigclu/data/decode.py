@@ -83,13 +83,16 @@ class DecodeUnits:
     """Ray Data ``map_batches`` function: unit numbers (``id``) -> decoded chunks of their rows.
 
     Output columns: ``image`` uint8 ``[n, C, H, W]``, ``label`` int64, ``key`` int64 (unit
-    offset + row), ``ok`` bool and ``error`` (``""`` for a good row).
+    offset + row), ``ok`` bool and ``error`` (``""`` for a good row). ``raw``: no decoding here,
+    ``data`` (the encoded bytes) and ``where`` (each row's name) instead of ``image``, and only a
+    null image marked (``data.decode=device``: :mod:`jigclu.data.device_decode` decodes them).
     """
 
-    def __init__(self, plan: Any, units: list[Any] | None = None) -> None:
+    def __init__(self, plan: Any, units: list[Any] | None = None, raw: bool = False) -> None:
         self.location = plan.location
         self.parts = [_Part(u) for u in (plan.units if units is None else units)]
         self.channels, self.size = plan.channels, tuple(plan.image_size)
+        self.raw = raw
         self._fs: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -116,6 +119,11 @@ class DecodeUnits:
 
     def decode(self, blobs: list[bytes | None], labels: list[int], keys: np.ndarray,
                where: list[str]) -> dict[str, np.ndarray]:
+        if self.raw:
+            ok = np.array([b is not None for b in blobs], dtype=bool)
+            return {"data": _objects([b or b"" for b in blobs]), "where": _objects(where),
+                    "label": np.asarray(labels, dtype=np.int64), "key": np.asarray(keys, np.int64), "ok": ok,
+                    "error": _objects(["" if good else f"{w}: ValueError: image is null" for good, w in zip(ok, where)])}
         n, (h, w) = len(blobs), self.size
         images = np.zeros((n, self.channels, h, w), dtype=np.uint8)
         ok = np.ones(n, dtype=bool)
@@ -130,6 +138,12 @@ class DecodeUnits:
                 ok[i], errors[i] = False, f"{where[i]}: {type(exc).__name__}: {exc}"
         return {"image": images, "label": np.asarray(labels, dtype=np.int64), "key": np.asarray(keys, np.int64),
                 "ok": ok, "error": np.asarray(errors, dtype=object)}
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 __all__ = ["CHUNK_ROWS", "DecodeUnits", "decode_array", "read_rows", "resolve"]

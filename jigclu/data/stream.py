@@ -89,13 +89,14 @@ class StreamPlan:
         return len(self.classes)
 
     labeled: list[int] | None = None  # a semi run's labeled subset: positions among the source's train rows
+    unlabeled: int = 0  # rows whose label is null (the label statistics of every row group, all splits)
 
     def to_json(self) -> dict[str, Any]:
         def unit(u: Unit) -> list[Any]:
             return [u.path, u.row_group, u.rows, u.offset, list(u.skip), None if u.take is None else list(u.take)]
 
         return {"location": self.location, "channels": self.channels, "image_size": list(self.image_size),
-                "classes": self.classes, "labeled": self.labeled,
+                "classes": self.classes, "labeled": self.labeled, "unlabeled": self.unlabeled,
                 **{name: [unit(u) for u in units] for name, units in (
                     ("units", self.units), ("val_units", self.val_units), ("test_units", self.test_units))}}
 
@@ -109,7 +110,7 @@ class StreamPlan:
         h, w = data["image_size"]
         return cls(data["location"], units["units"], int(data["channels"]), (int(h), int(w)),
                    [str(c) for c in data["classes"]], val_units=units["val_units"], test_units=units["test_units"],
-                   labeled=data.get("labeled"))
+                   labeled=data.get("labeled"), unlabeled=int(data.get("unlabeled") or 0))
 
 
 def _listing(location: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo], str]:
@@ -232,6 +233,17 @@ def _classes(schema: pa.Schema, files: list[str], footers: list[pq.FileMetaData]
     return [str(c) for c in range(high + 1)]
 
 
+def _unlabeled(footers: list[pq.FileMetaData]) -> int:
+    """Rows whose label is null, from the label statistics (a row group without them counts none)."""
+    nulls = 0
+    for footer in footers:
+        column = footer.schema.to_arrow_schema().get_field_index("label")
+        for group in range(footer.num_row_groups):
+            stats = footer.row_group(group).column(column).statistics
+            nulls += stats.null_count if stats is not None and stats.has_null_count else 0
+    return nulls
+
+
 _PLANS: dict[tuple[Any, ...], StreamPlan] = {}  # this process's plans (see the module docstring)
 _PLANS_KEPT = 8
 
@@ -260,7 +272,8 @@ def _make_plan(location: str, fs: pafs.FileSystem, files: list[str], where: str,
         raise DataError(f"parquet: {where} has no rows whose split is train")
     test_units = _units_of(fs, files, footers, schema, "test") if "split" in schema.names else []
     channels, size = _decode_settings(fs, schema, units, image_size)
-    plan = StreamPlan(location, units, channels, size, _classes(schema, files, footers), test_units=test_units)
+    plan = StreamPlan(location, units, channels, size, _classes(schema, files, footers), test_units=test_units,
+                      unlabeled=_unlabeled(footers))
     if val_size is not None:
         plan = _carve_validation(plan, fs, val_size, val_seed, where)
     if limit is not None:

@@ -8,7 +8,9 @@ Data's tasks, is :class:`jigclu.data.decode.DecodeUnits` (torch-free).
   per-worker size: it drops the marked rows (or raises, with ``on_corrupt=fail``), refills the
   batch from the next rows, shuffles locally with a seed of (seed, epoch, rank), and keeps the
   workers in step: every step they agree that each still has a full batch (one tiny all-reduce),
-  so a worker that ran short never leaves the others waiting in a collective.
+  so a worker that ran short never leaves the others waiting in a collective. A capped epoch
+  (``train.steps_per_epoch`` below a pass) leaves its pass open for the next epoch: restarting the
+  stream every capped epoch cost its start-up and the decoded rows read ahead.
 """
 
 from __future__ import annotations
@@ -42,15 +44,22 @@ class StreamLoader:
         drop_last: leave out the rows short of a full batch at the end of the shard (pretraining); when
             False (the downstream trainers, as their in-memory loader does) they make a last, smaller
             batch, if every worker has some left.
+        decoder: decodes each chunk of raw rows (``data.decode=device``:
+            :class:`~jigclu.data.device_decode.DeviceDecoder`); None when the shard's rows are decoded.
     """
 
     def __init__(self, shard: Any, batch_size: int, *, seed: int = 0, rank: int = 0, on_corrupt: str = "skip",
-                 shuffle_buffer: int = 0, agree: Agree = lambda mine: mine, drop_last: bool = True) -> None:
-        self.shard, self.batch_size = shard, batch_size
+                 shuffle_buffer: int = 0, agree: Agree = lambda mine: mine, drop_last: bool = True,
+                 decoder: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.shard, self.batch_size, self.decoder = shard, batch_size, decoder
         self.seed, self.rank, self.on_corrupt = seed, rank, on_corrupt
         self.shuffle_buffer, self.agree, self.drop_last = shuffle_buffer, agree, drop_last
         self.epoch = 0
         self.rows = self.corrupt = 0  # this epoch, this worker
+        self._source: Any = None  # the open pass of the shard (``iter_batches``), and what is left of it
+        self._rows: Iterator[dict[str, np.ndarray]] | None = None
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._held = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Start epoch ``epoch``. A stream cannot seek, so ``start`` (samples already drawn, on a
@@ -69,6 +78,8 @@ class StreamLoader:
 
     def _good_rows(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         for batch in batches:
+            if self.decoder is not None:
+                batch = self.decoder(batch)
             ok = np.asarray(batch["ok"], dtype=bool)
             if not ok.all():
                 bad = np.flatnonzero(~ok)
@@ -76,43 +87,79 @@ class StreamLoader:
                     raise DataError(f"corrupt image {batch['error'][bad[0]]} (data.on_corrupt=fail; "
                                     f"use data.on_corrupt=skip to leave such images out)")
                 self.corrupt += len(bad)
-                batch = {k: np.asarray(v)[ok] for k, v in batch.items()}
+                batch = {k: _rows_of(v, ok) for k, v in batch.items()}
             yield batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        batches = self._batches()
-        rows = self._good_rows(batches)
-        pending: list[dict[str, np.ndarray]] = []
-        held = 0
+        """This epoch's batches. An epoch the loop stops early (``train.steps_per_epoch`` below a pass)
+        leaves the pass open: the next epoch goes on where it stopped, with the rows read ahead, and a
+        new pass (a new read of the stream: another unit order) starts only once one has ended."""
+        if self._rows is None:
+            self._source = self._batches()
+            self._rows, self._pending, self._held = self._good_rows(self._source), [], 0
+        ended = False
         try:
             while True:
-                while held < self.batch_size and (chunk := next(rows, None)) is not None:
-                    pending.append(chunk)
-                    held += len(chunk["label"])
-                if not self.agree(held >= self.batch_size):  # some worker has no full batch left: all stop
+                while self._held < self.batch_size and (chunk := next(self._rows, None)) is not None:
+                    self._pending.append(chunk)
+                    self._held += len(chunk["label"])
+                if not self.agree(self._held >= self.batch_size):  # some worker has no full batch left: all stop
                     break
-                out, pending, held = _take(pending, self.batch_size)
+                out, self._pending, self._held = _take(self._pending, self.batch_size)
                 yield self._emit(out)
             # every worker agrees once more: a last, smaller batch when each has rows left
-            if not self.drop_last and self.agree(held > 0):
-                yield self._emit(_take(pending, min(held, self.batch_size))[0])
+            if not self.drop_last and self.agree(self._held > 0):
+                yield self._emit(_take(self._pending, min(self._held, self.batch_size))[0])
+            ended = True
         finally:
-            close = getattr(batches, "close", None)
-            if close is not None:  # stopped early (a capped epoch): Ray Data stops this split's read now
-                close()
+            if ended:
+                self.close()
 
-    def _emit(self, out: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def close(self) -> None:
+        """End the open pass, if any: Ray Data stops this split's read now."""
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
+        self._source = self._rows = None
+        self._pending, self._held = [], 0
+
+    def _emit(self, out: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.rows += len(out["label"])
-        return torch.from_numpy(out["image"]), torch.from_numpy(out["label"]), torch.from_numpy(out["key"])
+        return _tensor(out["image"]), _tensor(out["label"]), _tensor(out["key"])
 
 
-def _take(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list, int]:
-    """The first ``n`` rows of the pending chunks, and what is left."""
-    merged = {k: np.concatenate([np.asarray(b[k]) for b in pending]) for k in ("image", "label", "key")}
+def _take(pending: list[dict[str, Any]], n: int) -> tuple[dict[str, Any], list, int]:
+    """The first ``n`` rows of the pending chunks, and what is left (images may be tensors on a device:
+    ``data.decode=device``)."""
+    merged = {k: _concat([b[k] for b in pending]) for k in ("image", "label", "key")}
     rest = {k: v[n:] for k, v in merged.items()}
-    out = {k: np.ascontiguousarray(v[:n]) for k, v in merged.items()}
+    out = {k: v[:n].contiguous() if isinstance(v, torch.Tensor) else np.ascontiguousarray(v[:n])
+           for k, v in merged.items()}
     left = len(rest["label"])
     return out, ([rest] if left else []), left
+
+
+def _concat(parts: list[Any]) -> Any:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate([np.asarray(p) for p in parts])
+
+
+def _rows_of(values: Any, keep: np.ndarray) -> Any:
+    if isinstance(values, torch.Tensor):
+        return values[torch.from_numpy(keep).to(values.device)]
+    return np.asarray(values)[keep]
+
+
+def _tensor(values: Any) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.from_numpy(values)
+
+
+def device_decoder(cfg: Any, plan: StreamPlan, device: torch.device) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The decoder of a worker's raw rows when ``data.decode=device`` (see :mod:`jigclu.data.device_decode`)."""
+    if cfg.data.decode != "device":
+        return None
+    from jigclu.data.device_decode import DeviceDecoder
+
+    return DeviceDecoder(plan.channels, plan.image_size, device)
 
 
 def sample_chunks(plan: StreamPlan, units: list[Unit], limit: int | None, seed: int, part: tuple[int, int] = (0, 1)
@@ -143,4 +190,4 @@ def read_sample(plan: StreamPlan, units: list[Unit], limit: int | None, seed: in
                               name=f"parquet:{plan.location}", split=split, classes=plan.classes)
 
 
-__all__ = ["StreamLoader", "read_sample", "sample_chunks"]
+__all__ = ["StreamLoader", "device_decoder", "read_sample", "sample_chunks"]

@@ -162,6 +162,9 @@ def choose_loader(task: str, cfg: Any) -> str:
     plan = plan_for(cfg)  # footers (and the validation sample's labels), kept for the run (plan_stream)
     if loader == "auto" and plan.num_rows < cfg.data.stream_min_images:
         return "memory"
+    if task != "pretrain" and plan.unlabeled:
+        raise DataError(f"parquet:{location} has {plan.unlabeled} rows without a label; {task} trains and scores "
+                        f"on labels (pretraining alone can stream it)")
     if task != "pretrain" and not (plan.val_units or plan.test_units):
         raise DataError(f"parquet:{location} has no validation or test rows for {task} to score on; set "
                         f"data.val_size or give it a split column with test rows")

@@ -33,7 +33,7 @@ from jigclu.context import RunContext
 from jigclu.data import collate_uint8, load_dataset, make_loader
 from jigclu.data.images import ImageDataset
 from jigclu.data.stream import STREAM_NAME
-from jigclu.data.stream_loader import StreamLoader, sample_chunks
+from jigclu.data.stream_loader import StreamLoader, device_decoder, sample_chunks
 from jigclu.errors import ConfigError, DataError
 from jigclu.pretrained import load_backbone_weights, load_into
 from jigclu.jigsaw import step_seed
@@ -175,7 +175,7 @@ class ClassifyTask(Task):
         world, rank = dist.world_size(), dist.rank()
         stream = StreamLoader(shard, cfg.eval.batch_size // world, seed=cfg.seed, rank=rank,
                               on_corrupt=cfg.data.on_corrupt, shuffle_buffer=cfg.data.shuffle_buffer,
-                              agree=dist.all_agree, drop_last=False)
+                              agree=dist.all_agree, drop_last=False, decoder=device_decoder(cfg, plan, ctx.device))
         scored = plan.val_units or plan.test_units  # the validation split (data.val_size), else the test split
         if not scored:
             raise DataError(f"parquet:{plan.location} has no validation or test rows to score on; set data.val_size "

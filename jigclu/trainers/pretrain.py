@@ -17,7 +17,7 @@ from jigclu.config import RunConfig
 from jigclu.context import RunContext
 from jigclu.data import make_loader
 from jigclu.data.stream import STREAM_NAME
-from jigclu.data.stream_loader import StreamLoader, read_sample
+from jigclu.data.stream_loader import StreamLoader, device_decoder, read_sample
 from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import step_seed
 from jigclu.methods import METHODS, Method, build_method
@@ -88,7 +88,8 @@ class PretrainTask(Task):
             raise ConfigError("data.loader=ray_data needs a Ray Train run (scaling.workers >= 1)")
         plan = ctx.stream_plan  # the driver's: no worker reads the source's footers
         self.stream = StreamLoader(shard, local_batch, seed=cfg.seed, rank=dist.rank(), on_corrupt=cfg.data.on_corrupt,
-                                   shuffle_buffer=cfg.data.shuffle_buffer, agree=dist.all_agree)
+                                   shuffle_buffer=cfg.data.shuffle_buffer, agree=dist.all_agree,
+                                   decoder=device_decoder(cfg, plan, self.device))
         self.loader = self.sampler = self.stream
         self.monitor = None
         queries, split = (plan.val_units, "val") if plan.val_units else (plan.test_units, "test")
