@@ -325,3 +325,30 @@ def _state(pg: Any) -> str | None:
         return ray.util.placement_group_table(pg).get("state")
     except Exception:
         return None
+
+
+class FreshNodesAfterFailure(ControllerCallback):
+    """After a worker group fails, has Ray's autoscaling coordinator look at the cluster's nodes again.
+
+    An elastic run picks its next size from what the coordinator reserves for it, and the
+    coordinator refreshes its view of the nodes every 20 s. After a node is lost the run kept
+    asking for the old size, waiting ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` per try for a
+    placement group the dead node could never give (15 s on the 3-node test cluster,
+    ``tests/test_elastic.py``). Asked here to recompute once the group fails, it answers with the
+    nodes that are left.
+    """
+
+    def __init__(self) -> None:
+        self._requester: str | None = None
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        self._requester = f"train-{train_run_context.run_id}"  # Ray Train's scaling policy's id
+
+    def before_controller_execute_failure_decision(self, failure_decision: Any) -> None:
+        if self._requester is None:
+            return
+        try:
+            coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+            ray.get(coordinator.get_reserved_resources.remote(self._requester, recompute=True), timeout=10)
+        except Exception:  # best effort: the coordinator's own 20 s refresh still comes
+            pass

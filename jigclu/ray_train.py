@@ -42,7 +42,7 @@ from jigclu.runs import RunLayout, cleanup_failed, open_run, ray_checkpoint_name
 from jigclu.trainers import epoch_line, run_task
 from jigclu.values import jsonable
 
-from jigclu.ray_session import (WorkerGroupJanitor, init_ray, prepare_elastic_run,  # sets Ray's env defaults
+from jigclu.ray_session import (FreshNodesAfterFailure, WorkerGroupJanitor, init_ray, prepare_elastic_run,  # sets Ray's env defaults
                                 remove_left_groups)
 from jigclu.ray_preempt import DriverSigterm, StopOnSigterm  # noqa: E402
 
@@ -232,9 +232,10 @@ def make_trainer(task: str, cfg: RunConfig, root: str, callbacks: list[Any] | No
                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                                    checkpoint_score_attribute=KEEP_SCORE),
-                                # removes worker groups Ray Train's own shutdown left behind
+                                # removes worker groups Ray Train's own shutdown left behind; a failed
+                                # group's next size from the nodes left, not a view of 20 s ago
                                 callbacks=[*(callbacks or []), WorkerGroupJanitor(storage.join(root, cfg.name)),
-                                                           StopOnSigterm()]),
+                                           FreshNodesAfterFailure(), StopOnSigterm()]),
     )
 
 

@@ -1,6 +1,6 @@
 """Elastic training on a fake multi-node cluster: a node leaves, training goes on.
 
-Streamed (Parquet through Ray Data), in ``make test``: about 75 s on 2 cores. The same run with
+Streamed (Parquet through Ray Data), in ``make test``: about 60 s on 2 cores (AVX512). The same run with
 the data in memory is a fault row of ``make faults`` (the suite's budget)."""
 
 import json

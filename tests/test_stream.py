@@ -92,7 +92,8 @@ def test_loader_yields_exact_batches_and_skips_and_counts_corrupt_images(tmp_pat
 
 def test_a_capped_epoch_leaves_its_pass_open_for_the_next(tmp_path):
     """Fails if a capped epoch restarts the stream (a new read, its start-up and read-ahead lost), if
-    the next epoch repeats or skips rows of the open pass, or if a new pass never starts once one ends."""
+    the next epoch repeats or skips rows of the open pass, or if an epoch that finds the open pass
+    spent trains on nothing instead of reading a new one (the streamed elastic run saw 0 images)."""
     src = write_source(tmp_path / "pq", train=200, test=0, files=2, row_group=30)
     shard = UnitShard(plan_stream(str(src)))
     loader = StreamLoader(shard, 16)
@@ -103,10 +104,15 @@ def test_a_capped_epoch_leaves_its_pass_open_for_the_next(tmp_path):
     assert len(shard.calls) == 1
     keys = torch.cat(keys).tolist()
     assert len(keys) == 192 == len(set(keys)) and set(keys) <= set(range(200))
-    loader.set_epoch(3)
-    assert [len(b[0]) for b in loader] == []  # 8 rows left, no full batch: the pass ends
-    loader.set_epoch(4)
-    assert len(list(loader)) == 200 // 16 and len(shard.calls) == 2  # a new pass
+    loader.set_epoch(3)  # 8 rows left in the open pass, no full batch: the epoch goes on with a new pass
+    assert len([b for _, b in zip(range(4), loader)]) == 4 and len(shard.calls) == 2
+    loader.set_epoch(4)  # 8 batches left in that pass
+    assert len([b for _, b in zip(range(4), loader)]) == 4 and len(shard.calls) == 2
+    loader.set_epoch(5)  # 4 left: the capped epoch keeps its 6 steps, going on with a third pass
+    assert [len(b[0]) for _, b in zip(range(6), loader)] == [16] * 6 and len(shard.calls) == 3
+    fresh = StreamLoader(UnitShard(plan_stream(str(src))), 16)
+    fresh.set_epoch(0)  # uncapped: an epoch that started its own pass ends with it
+    assert len(list(fresh)) == 200 // 16 and len(list(fresh)) == 200 // 16
 
 
 def test_loader_fails_on_corrupt_image_with_one_line_naming_it(tmp_path):

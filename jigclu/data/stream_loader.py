@@ -92,11 +92,13 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """This epoch's batches. An epoch the loop stops early (``train.steps_per_epoch`` below a pass)
-        leaves the pass open: the next epoch goes on where it stopped, with the rows read ahead, and a
-        new pass (a new read of the stream: another unit order) starts only once one has ended."""
-        if self._rows is None:
-            self._source = self._batches()
-            self._rows, self._pending, self._held = self._good_rows(self._source), [], 0
+        leaves the pass open: the next epoch goes on where it stopped, with the rows read ahead. When that
+        pass runs out within the epoch (its last rows short of a batch left out), the epoch goes on with a
+        new pass (a new read of the stream: another unit order), so a capped epoch keeps its step count;
+        an epoch that started its own pass ends with it, as an uncapped epoch does."""
+        carried = self._rows is not None
+        if not carried:
+            self._start_pass()
         ended = False
         try:
             while True:
@@ -104,6 +106,11 @@ class StreamLoader:
                     self._pending.append(chunk)
                     self._held += len(chunk["label"])
                 if not self.agree(self._held >= self.batch_size):  # some worker has no full batch left: all stop
+                    if carried:  # the pass left open ran out within this epoch: it goes on with a new one
+                        self.close()
+                        self._start_pass()
+                        carried = False
+                        continue
                     break
                 out, self._pending, self._held = _take(self._pending, self.batch_size)
                 yield self._emit(out)
@@ -114,6 +121,10 @@ class StreamLoader:
         finally:
             if ended:
                 self.close()
+
+    def _start_pass(self) -> None:
+        self._source = self._batches()
+        self._rows, self._pending, self._held = self._good_rows(self._source), [], 0
 
     def close(self) -> None:
         """End the open pass, if any: Ray Data stops this split's read now."""
