@@ -31,7 +31,8 @@ from jigclu.errors import ConfigError
 _EVERY_TASK = (
     "name", "output_dir", "storage", "seed", "device", "scaling",
     "data.dataset", "data.image_size", "data.num_workers", "data.on_corrupt", "data.limit", "data.val_size",
-    "data.val_seed", "data.loader",  # a downstream task refuses data.loader=ray_data with its own line
+    "data.val_seed", "data.loader", "data.stream_min_images", "data.shuffle_buffer", "data.decode_cpus",
+    "data.decode",  # data.loader=ray_data streams every trainer (jigclu/data/stream_runs.py)
     "train.steps_per_epoch", "train.amp", "train.progress", "train.keep_checkpoints", "train.checkpoint_every_s",
 )
 # The downstream classifier (trainers/classify.py, trainers/protocols.py resolve_eval, export.adopt_pretrained):
@@ -44,8 +45,8 @@ _CLASSIFY = (
 READS: dict[str, tuple[str, ...]] = {
     # trainers/pretrain.py, the kNN monitor (evaluation/knn.py), the stream (data/stream.py, ray_data.py)
     # and the method's step (jigclu/methods/; keys only JigClu reads: METHOD_SKIPS)
-    "pretrain": (*_EVERY_TASK, "method", "data.batch_size", "data.stream_min_images", "data.shuffle_buffer",
-                 "data.decode_cpus", "model", "jigsaw", "loss", "optim", "train.epochs", "monitor"),
+    "pretrain": (*_EVERY_TASK, "method", "data.batch_size", "model", "jigsaw", "loss", "optim", "train.epochs",
+                 "monitor"),
     # input side eval.image_size, else jigsaw.crop_size; random-resized crops down to eval.crop_scale;
     # a frozen backbone: the classifier trains at eval.lr
     "linear": (*_CLASSIFY, *_EVERY_TASK, "jigsaw.crop_size", "eval.crop_scale"),

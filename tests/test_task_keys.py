@@ -229,7 +229,7 @@ NO_EFFECT = {"linear": {"eval.classifier_lr", "eval.protocol"}, "semi": {"eval.p
              "finetune": {"eval.crop_scale"}}
 # Declared, but read only where a tiny in-process run does not go: Ray Train, a Ray Data stream, a progress bar.
 NOT_ON_A_TINY_RUN = {"scaling.gpu", "scaling.max_failures", "scaling.cpus_per_worker", "data.stream_min_images",
-                     "data.shuffle_buffer", "data.decode_cpus", "train.progress"}
+                     "data.shuffle_buffer", "data.decode_cpus", "data.decode", "train.progress"}
 
 
 def test_a_tiny_run_of_each_task_reads_only_what_it_declares(tmp_path, monkeypatch):
