@@ -112,6 +112,10 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(200, ge=1, le=100000)
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (short runs)")
+    epoch_s: float | None = Field(
+        None, gt=0.0, le=1e6, description="pretrain: end each epoch after this many seconds of training (or at "
+        "the end of its pass over the data, whichever comes first) and run the lr schedule on training time: a "
+        "fixed wall-clock budget of train.epochs x epoch_s, in which a slower recipe sees fewer images")
     amp: Literal["none", "bf16"] = "none"
     progress: bool = True
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="newest checkpoints kept (a corrupt newest "
@@ -132,6 +136,9 @@ class MonitorConfig(_Section):
     train_limit: int | None = Field(5000, ge=10, description="labeled bank size (None = all)")
     test_limit: int | None = Field(2000, ge=10, description="held-out queries (None = all)")
     every: int = Field(1, ge=1, description="run the monitor every N epochs (and at the last)")
+    image_size: int | None = Field(None, ge=8, le=2048, description="side of the images the monitor (and the "
+                                   "test score after a sweep) feeds the backbone; null: jigsaw.crop_size, the "
+                                   "montage side (e.g. 32 to score 64 px montages of 32 px patches at 32 px)")
     probe: bool = Field(False, description="also fit a linear probe (logistic regression on standardised "
                         "pooled features of the bank) and score it on the queries: probe_top1")
     collapse_std: float = Field(0.02, ge=0.0, description="collapsed when the per-dimension std of the "
@@ -262,6 +269,11 @@ class RunConfig(_Section):
     @property
     def patch_size(self) -> int:
         return self.jigsaw.crop_size // self.model.grid
+
+    @property
+    def monitor_size(self) -> int:
+        """The side the kNN monitor and a sweep's test score feed the backbone."""
+        return self.monitor.image_size or self.jigsaw.crop_size
 
     def effective_lr(self) -> float:
         scale = self.data.batch_size / 256 if self.optim.scale_lr else 1.0

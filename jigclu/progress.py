@@ -63,6 +63,10 @@ class TrainProgress:
         kwargs = {"description": description} if description else {}
         self._progress.update(self._task, advance=1, info=text, rate=self._images / elapsed, **kwargs)
 
+    def skip(self, steps: int) -> None:
+        """Count ``steps`` not taken as done: an epoch that ended on its time (``train.epoch_s``)."""
+        self._progress.update(self._task, advance=max(steps, 0))
+
     def log(self, message: str) -> None:
         """Print a line (above the bar, if there is one): the start, each epoch's summary."""
         if self.enabled:

@@ -46,7 +46,7 @@ READS: dict[str, tuple[str, ...]] = {
     # trainers/pretrain.py, the kNN monitor (evaluation/knn.py), the stream (data/stream.py, ray_data.py)
     # and the method's step (jigclu/methods/; keys only JigClu reads: METHOD_SKIPS)
     "pretrain": (*_EVERY_TASK, "method", "data.batch_size", "model", "jigsaw", "loss", "optim", "train.epochs",
-                 "monitor"),
+                 "train.epoch_s", "monitor"),
     # input side eval.image_size, else jigsaw.crop_size; random-resized crops down to eval.crop_scale;
     # a frozen backbone: the classifier trains at eval.lr
     "linear": (*_CLASSIFY, *_EVERY_TASK, "jigsaw.crop_size", "eval.crop_scale"),

@@ -30,6 +30,7 @@ from jigclu.config import RunConfig
 from jigclu.jigsaw import step_seed
 from jigclu.methods import build_augment
 from jigclu.models import ResNetBackbone
+from jigclu.trainers.common import cosine_at
 
 
 class SupervisedMethod(nn.Module):
@@ -71,9 +72,7 @@ class BudgetRun:
 
 def time_lr(elapsed: float, budget: float, warmup: float) -> float:
     """lr multiplier at ``elapsed`` seconds of a ``budget``: linear warm-up, then cosine to 0."""
-    if warmup and elapsed < warmup:
-        return max(elapsed / warmup, 0.01)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (elapsed - warmup) / max(budget - warmup, 1e-9))))
+    return cosine_at(elapsed / budget, warmup / budget)
 
 
 def train_for_budget(method: nn.Module, images: Tensor, points_min: list[float], *, batch_size: int, lr: float,

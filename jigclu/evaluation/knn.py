@@ -132,7 +132,7 @@ def held_out_monitor(cfg: Any, train_ds: Any, val_ds: Any | None, *, test: bool 
                                on_corrupt=cfg.data.on_corrupt)
         split = "test"
     mon = cfg.monitor
-    return KnnMonitor.from_datasets(train_ds, queries, cfg.jigsaw.crop_size, mon.k, mon.knn_temperature,
+    return KnnMonitor.from_datasets(train_ds, queries, cfg.monitor_size, mon.k, mon.knn_temperature,
                                     mon.train_limit, None if test else mon.test_limit, seed=cfg.data.val_seed,
                                     probe=mon.probe, split=split)
 

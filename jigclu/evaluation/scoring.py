@@ -38,7 +38,7 @@ def test_score(cfg: Any, model_state: dict[str, Any], device: str = "cpu") -> di
     backbone, dev = model.backbone.to(device), torch.device(device)
     plan = evaluation_plan(cfg, carved=True)
     if plan is not None:
-        return streamed_scores(backbone, plan, cfg, cfg.jigsaw.crop_size, dev, test_limit=None, seed=cfg.data.val_seed)
+        return streamed_scores(backbone, plan, cfg, cfg.monitor_size, dev, test_limit=None, seed=cfg.data.val_seed)
     train_ds, _ = training_splits(cfg)
     monitor = held_out_monitor(cfg, train_ds, None, test=True)
     result = monitor.evaluate(backbone, dev)

@@ -1,4 +1,5 @@
-"""Pieces every trainer shares: seeding (and the RNG state a checkpoint keeps) and the cosine schedule.
+"""Pieces every trainer shares: seeding (and the RNG state a checkpoint keeps) and the cosine schedules
+(per step, or on training time for a fixed wall-clock budget).
 
 Splits and subsets of the data live with the data: :mod:`jigclu.data.splits`."""
 
@@ -49,3 +50,23 @@ def cosine_lambda(total_steps: int, warmup_steps: int = 0):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return fn
+
+
+def cosine_at(progress: float, warmup: float = 0.0) -> float:
+    """LR multiplier at ``progress`` (0 to 1) of a run whose first ``warmup`` (a fraction) warms up
+    linearly from 1%: then cosine decay to 0 at 1."""
+    if warmup and progress < warmup:
+        return max(progress / warmup, 0.01)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1.0 - warmup, 1e-9))))
+
+
+class TimeCosine:
+    """A ``LambdaLR`` multiplier on training time (``train.epoch_s``): the task sets ``progress``, the
+    fraction of the run's planned seconds trained so far, before each scheduler step. Its ``__dict__``
+    is what ``LambdaLR.state_dict`` keeps, so a resumed run goes on where the schedule was."""
+
+    def __init__(self, warmup: float = 0.0) -> None:
+        self.progress, self.warmup = 0.0, warmup
+
+    def __call__(self, _step: int) -> float:
+        return cosine_at(self.progress, self.warmup)

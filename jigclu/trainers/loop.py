@@ -51,7 +51,9 @@ class Task(ABC):
     loader: Iterable[Any]
     sampler: Any  # has set_epoch(epoch)
     epochs: int
-    steps_per_epoch: int
+    steps_per_epoch: int  # the most an epoch takes: one pass, or train.steps_per_epoch
+    epoch_s: float | None = None  # train.epoch_s: an epoch also ends once it has trained this many seconds
+    epoch_elapsed: float = 0.0  # set by the loop before after_step: seconds of the epoch in flight so far
 
     @abstractmethod
     def setup(self, cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None) -> None:
@@ -152,6 +154,7 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
                     task.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     task.optimizer.step()
+                    task.epoch_elapsed = time.perf_counter() - t0
                     task.after_step()
                     global_step += 1
                     for key, value in stats.items():
@@ -166,6 +169,9 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
                                                epoch_seconds=time.perf_counter() - t0))
                     if stop:
                         raise Preempted(preempt.stopped_message(position, task.epochs, steps))
+                if task.epoch_s is not None and step + 1 < steps and out_of_time(task.epoch_s, t0):
+                    bar.skip(steps - step - 1)
+                    break
             metrics = task.end_epoch(epoch, sums, time.perf_counter() - t0)
             metrics.update(epoch=epoch, step=global_step, world_size=dist.world_size(),
                            epoch_time_s=time.perf_counter() - t0, time=time.time(), peak_rss_mib=peak_rss_mib())
@@ -184,6 +190,12 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
                 raise Preempted(preempt.stopped_message({"epoch": epoch + 1, "step": 0}, task.epochs, steps))
     summary.update(task.summary())
     return summary
+
+
+def out_of_time(epoch_s: float, t0: float) -> bool:
+    """Has the epoch that started at ``t0`` trained ``epoch_s`` seconds on any worker? Every worker
+    answers the same, at the same step (one all-reduce), so the group ends the epoch together."""
+    return dist.any_true([time.perf_counter() - t0 >= epoch_s])[0]
 
 
 def checkpoint_state(task: Task, epoch: int, global_step: int, **extra: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from jigclu.errors import ConfigError, DataError
 from jigclu.jigsaw import step_seed
 from jigclu.methods import METHODS, Method, build_method
 from jigclu.data.splits import training_splits
-from jigclu.trainers.common import cosine_lambda
+from jigclu.trainers.common import TimeCosine, cosine_lambda
 from jigclu.evaluation.knn import CollapseRule, KnnMonitor, held_out_monitor
 from jigclu.trainers.loop import StepResult, Task, wrap_ddp
 
@@ -68,9 +68,14 @@ class PretrainTask(Task):
         self.model = self.method.model  # what the checkpoint holds: backbone + the method's heads
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.effective_lr(),
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-        total_steps = self.steps_per_epoch * self.epochs
-        warmup = int(cfg.optim.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(total_steps, warmup))
+        self.epoch_s = cfg.train.epoch_s
+        if self.epoch_s is not None:  # a fixed wall-clock budget: the schedule runs on training time
+            self.clock = TimeCosine(min(cfg.optim.warmup_epochs / self.epochs, 1.0))
+            schedule = self.clock
+        else:
+            total_steps = self.steps_per_epoch * self.epochs
+            schedule = cosine_lambda(total_steps, int(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.best_knn, self.init_scores = None, {}
         if state is not None:
             self.model.load_state_dict(state["model"])
@@ -97,13 +102,14 @@ class PretrainTask(Task):
             mon, seed = cfg.monitor, cfg.data.val_seed
             self.monitor = KnnMonitor.from_datasets(
                 read_sample(plan, plan.units, mon.train_limit, seed, "train"),
-                read_sample(plan, queries, mon.test_limit, seed + 1, split), cfg.jigsaw.crop_size, mon.k,
+                read_sample(plan, queries, mon.test_limit, seed + 1, split), cfg.monitor_size, mon.k,
                 mon.knn_temperature, None, None, seed=seed, probe=mon.probe, split=split)
         world = dist.world_size()
         return plan.num_classes, (plan.num_rows // world) * world  # Ray's equal split leaves the rest out
 
     def start_epoch(self, epoch: int, skip: int = 0) -> None:
         super().start_epoch(epoch, skip)
+        self.epoch = epoch
         self.trained.train()
 
     def step(self, batch: Any, epoch: int, step: int) -> StepResult:
@@ -114,6 +120,8 @@ class PretrainTask(Task):
         return out["loss"], stats, self.global_batch
 
     def after_step(self) -> None:
+        if self.epoch_s is not None:
+            self.clock.progress = (self.epoch + min(self.epoch_elapsed / self.epoch_s, 1.0)) / self.epochs
         self.scheduler.step()
 
     def end_epoch(self, epoch: int, sums: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -121,7 +129,7 @@ class PretrainTask(Task):
         metrics: dict[str, Any] = {k: sums.get(k, 0.0) / steps for k in ("loss", *self.method.stats)}
         metrics.update({k: 100.0 * metrics[k] for k in self.method.percent})
         metrics.update(lr=self.scheduler.get_last_lr()[0], loss_temperature=self.method.temperature,
-                       images_per_s=steps * self.global_batch / max(seconds, 1e-9))
+                       images_per_s=steps * self.global_batch / max(seconds, 1e-9), epoch_images=steps * self.global_batch)
         if self.stream is not None:  # every worker: what the stream delivered this epoch, all workers together
             seen, corrupt = dist.all_reduce_sum([self.stream.rows, self.stream.corrupt])
             metrics.update(images_seen=int(seen), corrupt_skipped=int(corrupt))
