@@ -8,13 +8,14 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # pytest workers etc. stay modest: CI has 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: setup data postgres test test-fast demo demo-pretrain bench bench-quality bench-sweeps bench-stream faults gpu-check clean help
+.PHONY: setup data postgres test test-fast demo demo-pretrain bench bench-quality bench-recipe bench-sweeps bench-stream faults gpu-check clean help
 
 help:
 	@echo "make demo   - set up, then run the demo (real data, short run, report)"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the speed benchmarks (writes benchmarks/RESULTS.md)"
 	@echo "make bench-quality - set up, then the quality table: ablation, JigClu vs SimCLR at equal time, probe table (RESULTS.md; ~80 min)"
+	@echo "make bench-recipe - set up, then jigclu searches its own recipe: JigClu and SimCLR sweeps, leaders 30 min x 2 seeds (RESULTS.md; ~3.5 h, resumable)"
 	@echo "make bench-sweeps - set up, then a full sweep vs ASHA vs promotion on 27 configs x 3 seeds (RESULTS.md; ~75 min, resumable)"
 	@echo "make bench-stream - set up, then peak RSS per Ray Train worker and img/s, in-memory vs Ray Data, 12k/120k images (RESULTS.md; ~15 min)"
 	@echo "make faults - set up, then run the fault matrix (faults injected from outside; ~8 min)"
@@ -74,6 +75,17 @@ bench: setup
 
 bench-quality: setup
 	$(BIN)/python -m benchmarks.quality.quality
+
+# jigclu searching its own small-image recipe (issue #26): the JigClu and SimCLR recipe sweeps (35 min each on
+# 2 cores), then each one's two leaders trained 30 min x 2 seeds on one core each and scored on the test split
+# (~2.5 h): ## Recipe search. Resumable: a sweep cut short continues, a finished one (test_scores.json) and finished finals are kept
+# (bench-results/recipe).
+RECIPE = bench-results/recipe
+bench-recipe: setup
+	for s in recipe_fashion recipe_simclr_fashion; do [ -f $(RECIPE)/$$s/test_scores.json ] || \
+	  $(BIN)/jigclu tune --config tune/configs/$$s.yaml --no-progress --no-report output_dir=$(RECIPE) || exit 1; done
+	$(BIN)/python -m benchmarks.quality.recipe_finals --results $(RECIPE)/finals \
+	  --sweeps $(RECIPE)/recipe_fashion,$(RECIPE)/recipe_simclr_fashion
 
 # Full sweep (3 seeds: the true values) vs ASHA and the promotion scheduler, kNN or probe at the rungs, on the
 # same 27 configs; Spearman per rung (~75 min on 2 AVX512 cores; resumable: bench-results/sweeps)

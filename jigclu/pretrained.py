@@ -140,7 +140,8 @@ def _user_set(cfg: RunConfig, section: str, key: str) -> bool:
 
 def adopt_pretrained(cfg: RunConfig) -> tuple[RunConfig, list[str]]:
     """Fit the config to ``eval.pretrained``: adopt its arch/width (and the pretraining's
-    ``jigsaw.crop_size``, the input size the backbone learned on) where the user set none.
+    ``jigsaw.crop_size``, the input size the backbone learned on, or its ``monitor.image_size``, the side
+    its features were scored at, as ``eval.image_size``) where the user set none.
 
     Returns the (re-validated) config and one note per adopted value. Raises
     :class:`ConfigError` when the user's explicit settings do not fit the checkpoint. A config
@@ -165,6 +166,10 @@ def adopt_pretrained(cfg: RunConfig) -> tuple[RunConfig, list[str]]:
         if not _user_set(cfg, "model", "grid"):
             data["model"]["grid"] = (saved.get("model") or {}).get("grid", data["model"]["grid"])
         notes.append(f"jigsaw.crop_size={crop}")
+    side = (saved.get("monitor") or {}).get("image_size")  # the side its features were scored and selected at
+    if weights.task == "pretrain" and side and cfg.eval.image_size is None and side != data["jigsaw"]["crop_size"]:
+        data["eval"]["image_size"] = side
+        notes.append(f"eval.image_size={side}")
     adopted: RunConfig = build_config(RunConfig, data) if notes else cfg
     check_fits(weights, adopted.model.arch, adopted.model.width)
     return adopted, [f"using {', '.join(notes)} from {weights.path}"] if notes else []

@@ -71,3 +71,57 @@ def test_monitor_scores_at_its_own_side(tmp_path):
     assert load_config(None, ["jigsaw.crop_size=64"]).monitor_size == 64  # unset: the montage side
     with pytest.raises(ConfigError, match="image_size"):
         load_config(None, ["monitor.image_size=4"])
+
+
+def test_downstream_evaluates_at_the_side_the_features_were_scored_at(tmp_path):
+    from jigclu.checkpoint import save_checkpoint
+    from jigclu.models import ResNetBackbone
+    from jigclu.pretrained import adopt_pretrained
+
+    pre = load_config(None, [*TINY, "jigsaw.crop_size=64", "monitor.image_size=32"])
+    state = {"model": {f"backbone.{k}": v for k, v in ResNetBackbone("resnet18_small", 8).state_dict().items()},
+             "config": pre.model_dump(mode="json"), "task": "pretrain"}
+    save_checkpoint(state, tmp_path / "pre.pt")
+    # configs/linear.yaml sets eval.image_size (224) itself; a sweep's act lines override it (tune/report/act.py)
+    linear = load_config(None, [f"eval.pretrained={tmp_path / 'pre.pt'}"])
+    adopted, notes = adopt_pretrained(linear)
+    assert adopted.jigsaw.crop_size == 64 and adopted.eval.image_size == 32 and "eval.image_size=32" in notes[0]
+    mine = load_config(None, [f"eval.pretrained={tmp_path / 'pre.pt'}", "eval.image_size=48"])
+    assert adopt_pretrained(mine)[0].eval.image_size == 48  # the user's own side stays
+    pre32 = pre.model_copy(update={"monitor": pre.monitor.model_copy(update={"image_size": None})})
+    save_checkpoint({**state, "config": pre32.model_dump(mode="json")}, tmp_path / "plain.pt")
+    plain = load_config(None, [f"eval.pretrained={tmp_path / 'plain.pt'}"])
+    assert adopt_pretrained(plain)[0].eval.image_size is None  # unset: the montage side, as before
+
+
+# ------------------------------------------------------------------ the recipe sweeps
+
+def _sweeps():
+    from tune.space import load_sweep
+
+    return [load_sweep(ROOT / "tune" / "configs" / f"{name}.yaml") for name in ("recipe_fashion", "recipe_simclr_fashion")]
+
+
+def test_recipe_sweeps_search_the_two_methods_the_same_way():
+    jig, sim = _sweeps()
+    assert jig.base["train"]["epoch_s"] == sim.base["train"]["epoch_s"] == 60  # a fixed wall-clock per trial
+    assert jig.base["monitor"]["image_size"] == sim.base["monitor"]["image_size"] == 32
+    assert sim.base["method"] == "simclr" and jig.base.get("method", "jigclu") == "jigclu"
+    for key in ("objective", "rung_metric", "val_size", "time_budget_s", "max_concurrent", "scheduler", "repeats",
+                "resources", "seed"):
+        assert getattr(jig.spec, key) == getattr(sim.spec, key), key
+    keys = {p.key for p in jig.params}
+    # SimCLR searches every knob it reads that JigClu searches; the rest are JigClu's own
+    assert keys - {p.key for p in sim.params} == {"loss.w_loc", "jigsaw.cross_ratio"}
+    assert {"jigsaw.crop_size", "model.width", "model.proj_dim", "optim.lr", "loss.temperature"} <= keys
+
+
+def test_a_recipe_sweep_refuses_a_knob_its_method_does_not_read(tmp_path):
+    from tune.space import load_sweep
+
+    text = (ROOT / "tune" / "configs" / "recipe_simclr_fashion.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("  jigsaw.crop_scale: uniform 0.2 0.9", "  jigsaw.cross_ratio: uniform 0.0 0.35")
+                   .replace("base: ../../configs/", f"base: {ROOT}/configs/"))
+    with pytest.raises(ConfigError, match="cross_ratio"):
+        load_sweep(bad)

@@ -32,6 +32,7 @@ from benchmarks.quality.equal_time import SupervisedMethod, train_for_budget
 from jigclu.checkpoint import save_checkpoint
 from jigclu.config import load_config
 from jigclu.data import load_dataset
+from jigclu.data.splits import training_splits
 from jigclu.errors import JigcluError
 from jigclu.methods import build_method
 from jigclu.models import ResNetBackbone
@@ -44,13 +45,20 @@ DEFAULT_CONFIG = str(common.REPO_ROOT / "configs" / "fashion_mnist.yaml")
 
 
 def load_splits(cfg: Any) -> tuple[Any, Any]:
-    """The training split (``data.limit`` first images) and the whole test split, at the recipe's size."""
+    """The training side (``data.limit`` first images; without the validation split when the recipe
+    carves one, ``data.val_size``) and the whole test split, at the recipe's size."""
+    return training_side(cfg)[0], test_split(cfg)
+
+
+def training_side(cfg: Any) -> tuple[Any, Any | None]:
+    """``(train, val)``: ``jigclu.data.splits.training_splits`` at the recipe's size (val: None
+    without ``data.val_size``)."""
     size = cfg.data.image_size or cfg.jigsaw.crop_size
-    train = load_dataset(cfg.data.dataset, "train", image_size=size)
-    test = load_dataset(cfg.data.dataset, "test", image_size=size)
-    if cfg.data.limit:
-        train = train.subset(torch.arange(min(cfg.data.limit, len(train))))
-    return train, test
+    return training_splits(cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": size})}))
+
+
+def test_split(cfg: Any) -> Any:
+    return load_dataset(cfg.data.dataset, "test", image_size=cfg.data.image_size or cfg.jigsaw.crop_size)
 
 
 def backbone_of(cfg: Any, state: dict[str, torch.Tensor] | None) -> ResNetBackbone:
@@ -66,12 +74,12 @@ def score(cfg: Any, backbone: torch.nn.Module, train: Any, test: Any, monitors: 
     """Probe and kNN top-1 (%) of ``backbone``'s pooled features on the test split; with ``monitors``
     also what a pretraining run's kNN monitor would say (seeded subsets of the bank and queries)."""
     monitor = KnnMonitor(train.images, train.labels, test.images, test.labels, train.num_classes,
-                         cfg.jigsaw.crop_size, cfg.monitor.k, cfg.monitor.knn_temperature, probe=True, seed=cfg.seed)
+                         cfg.monitor_size, cfg.monitor.k, cfg.monitor.knn_temperature, probe=True, seed=cfg.seed)
     t0 = time.perf_counter()
     out = monitor.evaluate(backbone, torch.device("cpu"))
     result = {"probe": out["probe_top1"], "knn": out["knn_top1"], "score_s": time.perf_counter() - t0}
     for name, (bank, queries) in MONITORS.items() if monitors else ():
-        small = KnnMonitor.from_datasets(train, test, cfg.jigsaw.crop_size, cfg.monitor.k, cfg.monitor.knn_temperature,
+        small = KnnMonitor.from_datasets(train, test, cfg.monitor_size, cfg.monitor.k, cfg.monitor.knn_temperature,
                                          bank, queries, seed=cfg.data.val_seed)
         result[f"monitor_{name}"] = small.evaluate(backbone, torch.device("cpu"))["knn_top1"]
     return result
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simclr-temperature", type=float, default=0.2)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--pixels", action="store_true", help="also score the raw pixels (standardised, flattened)")
+    parser.add_argument("--no-monitors", dest="monitors", action="store_false",
+                        help="score only the probe and the full kNN, not the small kNN monitors too")
     parser.add_argument("--save", default=None, help="write the last snapshot as a checkpoint here")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
@@ -127,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"budget_run: {exc}", file=sys.stderr)
         return 2
     points = sorted(float(p) for p in args.points.split(","))
-    train, test = load_splits(cfg)
+    train, val = training_side(cfg)
+    test = test_split(cfg)
     result: dict[str, Any] = {"method": args.method, "overrides": args.overrides, "seed": cfg.seed,
                               "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                               "train_images": len(train), "test_images": len(test), "points": {}}
@@ -149,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                      "config": cfg.model_dump(mode="json"), "task": "pretrain"}
             save_checkpoint(state, args.save)
     for minutes, state in sorted(snapshots.items()):
-        result["points"][f"{minutes:g}"] = score(cfg, backbone_of(cfg, state), train, test)
+        result["points"][f"{minutes:g}"] = score(cfg, backbone_of(cfg, state), train, test, args.monitors)
         print(f"{args.method} seed {cfg.seed} @ {minutes:g} min: {result['points'][f'{minutes:g}']}", flush=True)
+    if val is not None:  # what selection reads: the last snapshot on the validation split
+        result["val"] = score(cfg, backbone_of(cfg, snapshots[max(points)]), train, val, monitors=False)
+        result["val_images"] = len(val)
+        print(f"{args.method} seed {cfg.seed} @ {max(points):g} min on val: {result['val']}", flush=True)
     if args.pixels:
         result["pixels"] = pixel_scores(cfg, train, test)
         print(f"raw pixels: {result['pixels']}", flush=True)

@@ -129,7 +129,8 @@ class PretrainTask(Task):
         metrics: dict[str, Any] = {k: sums.get(k, 0.0) / steps for k in ("loss", *self.method.stats)}
         metrics.update({k: 100.0 * metrics[k] for k in self.method.percent})
         metrics.update(lr=self.scheduler.get_last_lr()[0], loss_temperature=self.method.temperature,
-                       images_per_s=steps * self.global_batch / max(seconds, 1e-9), epoch_images=steps * self.global_batch)
+                       images_per_s=steps * self.global_batch / max(seconds, 1e-9),
+                       epoch_images=steps * self.global_batch)
         if self.stream is not None:  # every worker: what the stream delivered this epoch, all workers together
             seen, corrupt = dist.all_reduce_sum([self.stream.rows, self.stream.corrupt])
             metrics.update(images_seen=int(seen), corrupt_skipped=int(corrupt))

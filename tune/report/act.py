@@ -113,7 +113,9 @@ def _data_overrides(trained: dict[str, Any], base: Path | None, evaluates: bool)
     data, want = resolved.get("data") or {}, trained.get("data") or {}
     out = [f"data.{key}={_value(want[key])}" for key in ("dataset", "image_size", "num_workers")
            if key in want and want[key] != data.get(key)]
-    crop, size = (trained.get("jigsaw") or {}).get("crop_size"), want.get("image_size")
+    # the side the backbone's features were scored at: the monitor's, else the montage side
+    crop = (trained.get("monitor") or {}).get("image_size") or (trained.get("jigsaw") or {}).get("crop_size")
+    size = want.get("image_size")
     eval_size = (resolved.get("eval") or {}).get("image_size")
     if evaluates and crop and eval_size and size and size < eval_size:
         out.append(f"eval.image_size={crop}")
