@@ -45,7 +45,7 @@ from benchmarks.harness import common, montage_check
 from benchmarks.speed.step_cost import synthetic_images
 from jigclu.augment import PatchAugment
 from jigclu.config import RunConfig, load_config
-from jigclu.data.decode import decode_array
+from jigclu.data.decode import decode_array, object_array
 from jigclu.data.device_decode import DeviceDecoder
 from jigclu.jigsaw import patch_layout
 from jigclu.methods import build_method
@@ -231,9 +231,8 @@ def jpeg_chunk(n: int, side: int) -> dict[str, np.ndarray]:
         buf = io.BytesIO()
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=90)
         blobs.append(buf.getvalue())
-    objects = lambda values: np.array(values + [None], dtype=object)[:-1]  # noqa: E731 - keeps bytes as objects
-    return {"data": objects(blobs), "where": objects([f"row {i}" for i in range(n)]),
-            "label": np.zeros(n, np.int64), "key": np.arange(n), "ok": np.ones(n, bool), "error": objects([""] * n)}
+    return {"data": object_array(blobs), "where": object_array([f"row {i}" for i in range(n)]),
+            "label": np.zeros(n, np.int64), "key": np.arange(n), "ok": np.ones(n, bool), "error": object_array([""] * n)}
 
 
 def jpeg_decode_row(device: torch.device, sizes: Sizes) -> Check:

@@ -121,9 +121,9 @@ class DecodeUnits:
                where: list[str]) -> dict[str, np.ndarray]:
         if self.raw:
             ok = np.array([b is not None for b in blobs], dtype=bool)
-            return {"data": _objects([b or b"" for b in blobs]), "where": _objects(where),
+            return {"data": object_array([b or b"" for b in blobs]), "where": object_array(where),
                     "label": np.asarray(labels, dtype=np.int64), "key": np.asarray(keys, np.int64), "ok": ok,
-                    "error": _objects(["" if good else f"{w}: ValueError: image is null" for good, w in zip(ok, where)])}
+                    "error": object_array(["" if good else f"{w}: ValueError: image is null" for good, w in zip(ok, where)])}
         n, (h, w) = len(blobs), self.size
         images = np.zeros((n, self.channels, h, w), dtype=np.uint8)
         ok = np.ones(n, dtype=bool)
@@ -140,10 +140,11 @@ class DecodeUnits:
                 "ok": ok, "error": np.asarray(errors, dtype=object)}
 
 
-def _objects(values: list[Any]) -> np.ndarray:
+def object_array(values: list[Any]) -> np.ndarray:
+    """A 1-d object array of ``values`` (bytes stay bytes: ``np.array`` would make them a fixed-width type)."""
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
 
 
-__all__ = ["CHUNK_ROWS", "DecodeUnits", "decode_array", "read_rows", "resolve"]
+__all__ = ["CHUNK_ROWS", "DecodeUnits", "decode_array", "object_array", "read_rows", "resolve"]
