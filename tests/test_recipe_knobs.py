@@ -125,3 +125,14 @@ def test_a_recipe_sweep_refuses_a_knob_its_method_does_not_read(tmp_path):
                    .replace("base: ../../configs/", f"base: {ROOT}/configs/"))
     with pytest.raises(ConfigError, match="cross_ratio"):
         load_sweep(bad)
+
+
+def test_the_reports_downstream_commands_evaluate_at_the_monitors_side():
+    from tune.report.act import _data_overrides
+
+    trained = {"data": {"dataset": "fashion_mnist", "image_size": 32}, "jigsaw": {"crop_size": 64},
+               "monitor": {"image_size": 32}}
+    linear = ROOT / "configs" / "linear.yaml"  # eval.image_size 224: far above the 32 px images
+    assert "eval.image_size=32" in _data_overrides(trained, linear, evaluates=True)
+    trained["monitor"]["image_size"] = None  # no monitor side: the montage side, as before
+    assert "eval.image_size=64" in _data_overrides(trained, linear, evaluates=True)

@@ -112,8 +112,8 @@ def markdown(root: Path, plan_leaders: dict[str, list[str]], seeds: list[int]) -
         search = plan["searches"][sweep]
         counts = search.get("counts") or {}
         out += [f"### Sweep `{sweep}`", "",
-                f"{sum(v for v in counts.values() if isinstance(v, (int, float)))} trials "
-                f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), compute "
+                f"{counts.get('total', '?')} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v and k != 'total')}), "
+                "compute "
                 f"{(search.get('compute_s') or 0) / 60:.0f} min of trial time, wall clock "
                 f"{(search.get('wall_clock_s') or 0) / 60:.0f} min.", "", *leaders_table(root, plan, sweep, seeds), ""]
         best = winner(root, plan, sweep, seeds)
