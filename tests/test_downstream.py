@@ -113,8 +113,8 @@ class MeasuredSemi(SemiTask):
         self.before = {p: p.detach().clone() for p in self.model.parameters()}
         return super().step(batch, epoch, step)
 
-    def after_step(self) -> None:
-        super().after_step()
+    def after_step(self, elapsed: float) -> None:
+        super().after_step(elapsed)
         # SGD without nesterov moves each parameter by lr * momentum_buffer (weight decay and
         # momentum are inside the buffer): the applied lr is the delta over the buffer
         lrs = [self.applied_lr(module) for module in (self.model.backbone, self.model.classifier)]

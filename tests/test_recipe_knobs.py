@@ -4,6 +4,8 @@ epoch (train.epoch_s, the lr schedule on training time) and the monitor's own im
 
 from __future__ import annotations
 
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,51 @@ def test_epoch_s_ends_each_epoch_on_its_time_and_decays_the_lr_on_time(tmp_path)
     run_task("pretrain", plain, LocalContext(tmp_path / "plain", progress=False))
     assert read_metrics(tmp_path / "plain")[0]["step"] == 32  # without it: one whole pass
 
+
+
+def test_a_timed_epoch_resumed_mid_way_trains_only_the_rest_of_its_seconds(tmp_path, monkeypatch):
+    """Stopped after step 3 of a timed epoch and resumed: the resumed epoch's clock (what ends it, and
+    what the lr schedule runs on) goes on from the seconds trained before the stop. The loop's clock is a
+    fake one that each step moves by 1/8 s, so a 1 s epoch is exactly 8 steps on any machine. Without
+    the mid-epoch checkpoint's ``epoch_seconds``, the resumed epoch would start at 0 s and train 8
+    steps more instead of the 5 left."""
+    from jigclu import preempt
+    from jigclu.trainers import loop, task_class
+
+    now = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: now[0], time=time.time,
+                                                                monotonic=time.monotonic))
+
+    def task(stop_at=None):
+        class Timed(task_class("pretrain")):  # type: ignore[misc,valid-type]
+            seen: list[tuple[int, int, float]] = []
+
+            def step(self, batch, epoch, step):
+                self.at = (epoch, step)
+                if self.at == stop_at:
+                    preempt.request_stop()
+                now[0] += 0.125
+                return super().step(batch, epoch, step)
+
+            def after_step(self, elapsed):
+                self.seen.append((*self.at, elapsed))
+                super().after_step(elapsed)
+
+        return Timed()
+
+    cfg = load_config(None, [*TINY, "train.epoch_s=1.0", f"output_dir={tmp_path}"])
+    stopped = task((1, 2))
+    with preempt.stop_on_sigterm(), pytest.raises(preempt.Preempted):
+        loop.run(stopped, cfg, LocalContext(tmp_path / "run", progress=False))
+    assert [e for e in stopped.seen if e[0] == 0] == [(0, s, 0.125 * (s + 1)) for s in range(8)]
+    assert [e for e in stopped.seen if e[0] == 1] == [(1, 0, 0.125), (1, 1, 0.25), (1, 2, 0.375)]
+    resumed = task()
+    loop.run(resumed, cfg, LocalContext(tmp_path / "run", resume=True, progress=False))
+    assert resumed.seen == [(1, s, 0.125 * (s + 1)) for s in range(3, 8)]  # the rest of the epoch's second
+    timed = read_metrics(tmp_path / "run")
+    assert [m["epoch"] for m in timed] == [0, 1] and timed[1]["resumed_at_step"] == 3
+    assert [m["step"] for m in timed] == [8, 16]
+    assert timed[1]["lr"] < 1e-6  # the schedule ended at the budget's end, as it would have uninterrupted
 
 def test_epoch_s_is_refused_where_it_would_do_nothing(tmp_path, capsys):
     with pytest.raises(ConfigError, match="epoch_s"):

@@ -53,7 +53,6 @@ class Task(ABC):
     epochs: int
     steps_per_epoch: int  # the most an epoch takes: one pass, or train.steps_per_epoch
     epoch_s: float | None = None  # train.epoch_s: an epoch also ends once it has trained this many seconds
-    epoch_elapsed: float = 0.0  # set by the loop before after_step: seconds of the epoch in flight so far
 
     @abstractmethod
     def setup(self, cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None) -> None:
@@ -80,8 +79,9 @@ class Task(ABC):
     def step(self, batch: Any, epoch: int, step: int) -> StepResult | None:
         """One step's loss; None skips the batch (the same on every worker)."""
 
-    def after_step(self) -> None:
-        """After ``optimizer.step()`` (per-step schedules)."""
+    def after_step(self, elapsed: float) -> None:
+        """After ``optimizer.step()`` (per-step schedules); ``elapsed``: seconds the epoch in flight
+        has trained so far (a resumed epoch counts its seconds before the stop)."""
 
     @abstractmethod
     def end_epoch(self, epoch: int, sums: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -154,8 +154,7 @@ def run(task: Task, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
                     task.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     task.optimizer.step()
-                    task.epoch_elapsed = time.perf_counter() - t0
-                    task.after_step()
+                    task.after_step(time.perf_counter() - t0)
                     global_step += 1
                     for key, value in stats.items():
                         sums[key] = sums.get(key, 0) + value

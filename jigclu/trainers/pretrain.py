@@ -119,9 +119,9 @@ class PretrainTask(Task):
         stats["steps"] = 1
         return out["loss"], stats, self.global_batch
 
-    def after_step(self) -> None:
+    def after_step(self, elapsed: float) -> None:
         if self.epoch_s is not None:
-            self.clock.progress = (self.epoch + min(self.epoch_elapsed / self.epoch_s, 1.0)) / self.epochs
+            self.clock.progress = (self.epoch + min(elapsed / self.epoch_s, 1.0)) / self.epochs
         self.scheduler.step()
 
     def end_epoch(self, epoch: int, sums: dict[str, Any], seconds: float) -> dict[str, Any]:
