@@ -46,6 +46,9 @@ def test_the_best_validation_mean_wins_not_the_best_test_score(tmp_path):
     # SimCLR's seeds 85.5 and 86.5, JigClu's both 86.0: pooled sd 0.50, margin +0.00 at every point
     assert "(pooled sd 0.50): margins +0.00, +0.00, +0.00, +0.00, **not met**" in text
     assert "AVX512" in text
+    assert "| `recipe_fashion` trial `aaaa` | 86.00 ± 0.00 | 84.00 ± 0.00 | 2 |" in text
+    assert "| `recipe_simclr_fashion` trial `ssss` | 86.00 ± 0.71 | 83.00 ± 0.00 | 2 |" in text
+    assert "| raw pixels | 84.50 | 86.20 | - |" in text
 
 
 def test_a_final_trains_without_the_validation_split_and_scores_it_apart(tmp_path):

@@ -125,8 +125,24 @@ def markdown(root: Path, plan_leaders: dict[str, list[str]], seeds: list[int]) -
         table, margins = curve(root, plan, chosen, seeds)
         out += ["### Tuned vs tuned: equal wall clock", "", *table, "",
                 "Snapshots of one run per seed, sized for the last point (the lr reaches 0 only there).", ""]
+        out += probe_table(root, chosen, seeds, refs)
         out += _targets(root, chosen, seeds, refs, margins)
     return "\n".join(out)
+
+
+def probe_table(root: Path, chosen: dict[str, str], seeds: list[int], refs: dict[str, Any] | None) -> list[str]:
+    """Each kept recipe at the budget (mean ± sd over seeds) and the references, on the same split."""
+    rows = []
+    for sweep, trial in chosen.items():
+        last = [r["points"][max(r["points"], key=float)] for r in runs_of(root, sweep, trial, seeds)]
+        rows.append([f"`{sweep}` trial `{trial}`", _mean_sd([x["probe"] for x in last]),
+                     _mean_sd([x["knn"] for x in last]), len(last)])
+    if refs:
+        rows += [["raw pixels", f"{refs['pixels']['probe']:.2f}", f"{refs['pixels']['knn']:.2f}", "-"],
+                 ["random init", f"{refs['points']['0']['probe']:.2f}", f"{refs['points']['0']['knn']:.2f}", "-"]]
+    bank = next((r.get("train_images") for r in (_load(p) for p in sorted(root.glob("*.json"))) if r and r.get("train_images")), None)
+    return ["### Probe table", "", common.markdown_table(["features", "linear probe", f"kNN (k=20, {bank or '?'} bank)", "seeds"], rows),
+            "", "The kept recipes at the budget, on one core each; raw pixels and random init on the same split.", ""]
 
 
 def _targets(root: Path, chosen: dict[str, str], seeds: list[int], refs: dict[str, Any] | None,
