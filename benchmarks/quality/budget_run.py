@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     test = test_split(cfg)
     result: dict[str, Any] = {"method": args.method, "overrides": args.overrides, "seed": cfg.seed,
                               "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-                              "train_images": len(train), "test_images": len(test), "points": {}}
+                              "train_images": len(train), "test_images": len(test), "points": {},
+                              "recipe": {"batch": cfg.data.batch_size, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
+                                         "temperature": cfg.loss.temperature, "side": cfg.jigsaw.crop_size}}
     snapshots: dict[float, dict[str, torch.Tensor] | None] = {0.0: None} if 0.0 in points else {}
     trained = [p for p in points if p > 0]
     if trained:

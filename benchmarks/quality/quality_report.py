@@ -145,10 +145,14 @@ def markdown(root: Path, rows: list[tuple[str, str, list[str]]], args: Any, png:
         out += ["### Equal wall clock: JigClu vs SimCLR", "", *curve, ""]
         if drawn:
             out += [f"![JigClu vs SimCLR]({png.name})", ""]
-        out += ["Both runs: batch 128, SGD momentum 0.9, lr 0.2 per 256, weight decay 1e-4, warm-up 5% of the budget "
+        # what the runs trained with (their JSON; runs older than that field: the recipe of that time)
+        rec = jig.get("recipe") or {"batch": 128, "lr": 0.2, "weight_decay": 1e-4}
+        sim_t = (sim.get("recipe") or {}).get("temperature", 0.2)
+        out += [f"Both runs: batch {rec['batch']}, SGD momentum 0.9, lr {rec['lr']:.3g} per 256, weight decay "
+                f"{rec['weight_decay']:g}, warm-up 5% of the budget "
                 "then cosine to 0 *at the last budget point* (one run per method; earlier points are snapshots of it, "
                 "so they are not what a run sized for that budget would reach); SimCLR: two views of the whole image "
-                "through the same `PatchAugment` ops, the same MLP head, NT-Xent T = 0.2.", ""]
+                f"through the same `PatchAugment` ops, the same MLP head, NT-Xent T = {sim_t:g}.", ""]
         targets = [f"- linear probe >= {TARGETS['probe']:.0f}: {jl['probe']:.2f}, "
                    + _verdict(jl['probe'] >= TARGETS['probe'], jl['probe'] - TARGETS['probe']),
                    f"- kNN >= {TARGETS['knn']:.0f}: {jl['knn']:.2f}, " + _verdict(jl['knn'] >= TARGETS['knn'], jl['knn'] - TARGETS['knn']),
