@@ -1,10 +1,12 @@
-"""Shared fixtures: one local Ray instance for every integration test (started on demand)."""
+"""Shared fixtures: one local Ray instance for every integration test (started on demand), and
+scikit-learn's digits as arrays for the data tests (tests/test_data.py, tests/test_data_idx_cifar.py)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+import numpy as np
 import pytest
 
 # fail fast in tests: Ray Train waits 60 s for a worker group by default
@@ -65,3 +67,12 @@ def ray_local(tmp_path_factory):
         else:
             os.environ["HOME"] = saved_home
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn digits as uint8 [N, 8, 8] (0..255) and int64 labels, computed independently."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return np.rint(bunch.images * 255 / 16).astype(np.uint8), bunch.target.astype(np.int64)
