@@ -165,13 +165,22 @@ def choose_loader(task: str, cfg: Any) -> str:
     if task != "pretrain" and plan.unlabeled:
         raise DataError(f"parquet:{location} has {plan.unlabeled} rows without a label; {task} trains and scores "
                         f"on labels (pretraining alone can stream it)")
-    if task != "pretrain" and not (plan.val_units or plan.test_units):
-        raise DataError(f"parquet:{location} has no validation or test rows for {task} to score on; set "
-                        f"data.val_size or give it a split column with test rows")
+    if task != "pretrain":
+        scored_units(plan, task)
     plan_for(cfg, task)  # a semi run's labeled rows (kept for the run)
     return "ray_data"
 
 
-__all__ = ["STREAMING_TASKS", "choose_loader", "labeled_plan", "plan_for", "run_plan", "train_labels"]
+def scored_units(plan: StreamPlan, task: str) -> list[Any]:
+    """The row groups a downstream run scores on: the validation split's (``data.val_size``), else the
+    test split's; none is a one-line error."""
+    units = plan.val_units or plan.test_units
+    if not units:
+        raise DataError(f"parquet:{plan.location} has no validation or test rows for {task} to score on; set "
+                        f"data.val_size or give it a split column with test rows")
+    return units
+
+
+__all__ = ["STREAMING_TASKS", "choose_loader", "labeled_plan", "plan_for", "run_plan", "scored_units", "train_labels"]
 
 

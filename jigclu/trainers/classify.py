@@ -34,6 +34,7 @@ from jigclu.data import collate_uint8, load_dataset, make_loader
 from jigclu.data.images import ImageDataset
 from jigclu.data.stream import STREAM_NAME
 from jigclu.data.stream_loader import StreamLoader, device_decoder, sample_chunks
+from jigclu.data.stream_runs import scored_units
 from jigclu.errors import ConfigError, DataError
 from jigclu.pretrained import load_backbone_weights, load_into
 from jigclu.jigsaw import step_seed
@@ -176,10 +177,7 @@ class ClassifyTask(Task):
         stream = StreamLoader(shard, cfg.eval.batch_size // world, seed=cfg.seed, rank=rank,
                               on_corrupt=cfg.data.on_corrupt, shuffle_buffer=cfg.data.shuffle_buffer,
                               agree=dist.all_agree, drop_last=False, decoder=device_decoder(cfg, plan, ctx.device))
-        scored = plan.val_units or plan.test_units  # the validation split (data.val_size), else the test split
-        if not scored:
-            raise DataError(f"parquet:{plan.location} has no validation or test rows to score on; set data.val_size "
-                            f"or give it a split column with test rows")
+        scored = scored_units(plan, self.name)  # the validation split (data.val_size), else the test split
         subset = None if plan.labeled is None else torch.tensor(plan.labeled, dtype=torch.long)
         rows = (plan.num_rows // world) * world  # Ray's equal split leaves the rest out
         note = (f"{rows} labeled images" if subset is None else f"{cfg.eval.labels} labels, class-balanced from the "
