@@ -39,7 +39,7 @@ def test_the_best_validation_mean_wins_not_the_best_test_score(tmp_path):
         _final(tmp_path, "recipe_simclr_fashion", "ssss", seed, 84.0, test=85.5 + seed, knn=83.0)
     (tmp_path / "references.json").write_text(json.dumps({"pixels": {"probe": 84.5, "knn": 86.2},
                                                           "points": {"0": {"probe": 77.0, "knn": 78.0}}}))
-    text = recipe_report.markdown(tmp_path, plan, SEEDS)
+    text = recipe_report.markdown(tmp_path, plan, SEEDS, png=tmp_path / "curve.png")
     assert "Kept (best validation mean): trial `aaaa`" in text
     assert "linear probe >= 90: 86.00, **missed** by 4.00" in text
     assert "kNN above raw pixels by >= 2: 84.00 vs 86.20 (-2.20), **missed** by 4.20" in text
@@ -49,6 +49,7 @@ def test_the_best_validation_mean_wins_not_the_best_test_score(tmp_path):
     assert "| `recipe_fashion` trial `aaaa` | 86.00 ± 0.00 | 84.00 ± 0.00 | 2 |" in text
     assert "| `recipe_simclr_fashion` trial `ssss` | 86.00 ± 0.71 | 83.00 ± 0.00 | 2 |" in text
     assert "| raw pixels | 84.50 | 86.20 | - |" in text
+    assert "![tuned JigClu vs tuned SimCLR](curve.png)" in text and (tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_a_final_trains_without_the_validation_split_and_scores_it_apart(tmp_path):

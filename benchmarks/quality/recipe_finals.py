@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [final_job(root, sweep, plan[sweep.name][rank], seed, args) for rank in range(args.top)
                 for seed in args.seeds for sweep in sweeps if rank < len(plan[sweep.name])]
         run_pairs(jobs, "finals", (len(jobs) + 1) // 2 * (minutes + 6), env)
-    text = recipe_report.markdown(root, plan, args.seeds)
+    text = recipe_report.markdown(root, plan, args.seeds, recipe_report.PNG if args.write else None)
     print(text)
     if args.write:
         recipe_report.write(text)
