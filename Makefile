@@ -15,7 +15,7 @@ help:
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the speed benchmarks (writes benchmarks/RESULTS.md)"
 	@echo "make bench-quality - set up, then the quality table: ablation, JigClu vs SimCLR at equal time, probe table (RESULTS.md; ~80 min)"
-	@echo "make bench-recipe - set up, then jigclu searches its own recipe: JigClu and SimCLR sweeps, leaders 30 min x 2 seeds (RESULTS.md; ~3.5 h, resumable)"
+	@echo "make bench-recipe - set up, then jigclu searches its own recipe: JigClu and SimCLR sweeps, leaders 30 min x 2 seeds, the recipes before it (RESULTS.md; ~4.8 h, resumable)"
 	@echo "make bench-sweeps - set up, then a full sweep vs ASHA vs promotion on 27 configs x 3 seeds (RESULTS.md; ~75 min, resumable)"
 	@echo "make bench-stream - set up, then peak RSS per Ray Train worker and img/s, in-memory vs Ray Data, 12k/120k images (RESULTS.md; ~15 min)"
 	@echo "make faults - set up, then run the fault matrix (faults injected from outside; ~8 min)"

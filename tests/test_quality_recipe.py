@@ -27,7 +27,7 @@ def test_recipe_crop_scale_and_blur_reach_the_patch_augmentation():
 
     cfg = load_config(RECIPE, [])
     aug = build_augment(cfg)
-    assert aug.out_size == 16 and aug.recipe.scale == (0.5, 1.0) and aug.recipe.blur_p == 0.0
+    assert aug.out_size == 16 and aug.recipe.scale == (0.565, 1.0) and aug.recipe.blur_p == 0.0
     paper = build_augment(load_config(None, []))
     assert paper.recipe.scale == (0.2, 1.0) and paper.recipe.blur_p == 0.5  # the paper's defaults stay
     assert build_augment(cfg, 32).out_size == 32  # SimCLR's whole-image views

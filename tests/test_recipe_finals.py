@@ -39,6 +39,8 @@ def test_the_best_validation_mean_wins_not_the_best_test_score(tmp_path):
         _final(tmp_path, "recipe_simclr_fashion", "ssss", seed, 84.0, test=85.5 + seed, knn=83.0)
     (tmp_path / "references.json").write_text(json.dumps({"pixels": {"probe": 84.5, "knn": 86.2},
                                                           "points": {"0": {"probe": 77.0, "knn": 78.0}}}))
+    for seed in SEEDS:  # the recipe before the search, on the same split
+        _final(tmp_path, "untuned", "jigclu", seed, 80.0, test=87.0 + seed, knn=84.0)
     text = recipe_report.markdown(tmp_path, plan, SEEDS, png=tmp_path / "curve.png")
     assert "Kept (best validation mean): trial `aaaa`" in text
     assert "linear probe >= 90: 86.00, **missed** by 4.00" in text
@@ -49,6 +51,9 @@ def test_the_best_validation_mean_wins_not_the_best_test_score(tmp_path):
     assert "| `recipe_fashion` trial `aaaa` | 86.00 ± 0.00 | 84.00 ± 0.00 | 2 |" in text
     assert "| `recipe_simclr_fashion` trial `ssss` | 86.00 ± 0.71 | 83.00 ± 0.00 | 2 |" in text
     assert "| raw pixels | 84.50 | 86.20 | - |" in text
+    assert "| JigClu, the hand-made recipe (before the search) | 87.50 ± 0.71 | 84.00 ± 0.00 | 2 |" in text
+    assert "SimCLR, untuned" not in text  # none ran
+    assert "Kept (best validation mean): trial `jigclu`" not in text  # the untuned runs are never candidates
     assert "![tuned JigClu vs tuned SimCLR](curve.png)" in text and (tmp_path / "curve.png").stat().st_size > 1000
 
 
@@ -67,3 +72,22 @@ def test_a_final_trains_without_the_validation_split_and_scores_it_apart(tmp_pat
     assert sorted(result["points"], key=float) == ["0.005", "0.01"] and "monitor_5k_1k" not in result["points"]["0.01"]
     assert 0 <= result["val"]["probe"] <= 100 and result["test_images"] == 360
     assert (tmp_path / "final.pt").is_file()
+
+
+def test_the_untuned_recipes_train_on_the_finals_split_with_their_old_values(tmp_path):
+    import argparse
+
+    from benchmarks.quality import recipe_finals
+
+    trial = tmp_path / "recipe_fashion" / "trial-aaaa"
+    trial.mkdir(parents=True)
+    (trial / "config.yaml").write_text("data: {dataset: digits, val_size: 0.1}\n")
+    args = argparse.Namespace(points="5,30", overrides=["data.limit=100"])
+    out, cmd = recipe_finals.untuned_job(tmp_path, tmp_path / "recipe_fashion", "aaaa", "simclr", 1, args)
+    assert out.name == "untuned-simclr-s1.json"
+    assert cmd[cmd.index("--config") + 1] == str(trial / "config.yaml")  # the sweep's split: val carved out
+    assert cmd[cmd.index("--method") + 1] == "simclr" and cmd[cmd.index("--simclr-temperature") + 1] == "0.2"
+    assert {"optim.lr=0.2", "jigsaw.crop_scale=0.5", "seed=1", "data.limit=100"} <= set(cmd)
+    _, jig = recipe_finals.untuned_job(tmp_path, tmp_path / "recipe_fashion", "aaaa", "jigclu", 0, args)
+    assert {"loss.temperature=0.3", "loss.w_loc=1.0", "jigsaw.cross_ratio=0.3"} <= set(jig)
+    assert "--simclr-temperature" not in jig

@@ -15,7 +15,9 @@ sweep, the winner is the leader with the best validation mean over ``--seeds``. 
 random init and the raw pixels on the same split. Runs go two at a time, one thread each, and a rerun
 skips runs whose JSON exists (``--results`` keeps them), so a run cut short goes on where it stopped.
 Each pair is one JigClu final and the SimCLR final of the same rank and seed, so the two methods always
-share the machine's load (and its CPU: each JSON records the capability, the tables list them).
+share the machine's load (and its CPU: each JSON records the capability, the tables list them). Last,
+the recipes before the search (JigClu's hand-made one, SimCLR with JigClu's lr and T 0.2) train the same
+way on the same split, with the same seeds: what the search bought each method (``--no-untuned`` skips them).
 The tables go to ``## Recipe search`` in RESULTS.md (``benchmarks/quality/recipe_report.py``).
 """
 
@@ -76,6 +78,28 @@ def final_job(root: Path, sweep: Path, trial_id: str, seed: int, args: argparse.
     return out, cmd + args.overrides
 
 
+# The recipes before the search (``configs/fashion_mnist.yaml`` until issue #26, and ``## Quality``'s SimCLR
+# with JigClu's lr and a guessed T), as overrides on the first JigClu leader's trial config: the same split.
+UNTUNED = {"jigclu": ["jigsaw.crop_scale=0.5", "jigsaw.cross_ratio=0.3", "loss.w_loc=1.0", "loss.temperature=0.3",
+                      "optim.lr=0.2", "data.batch_size=128", "model.proj_dim=128", "model.width=16",
+                      "jigsaw.crop_size=32"],
+           "simclr": ["jigsaw.crop_scale=0.5", "optim.lr=0.2", "data.batch_size=128", "model.proj_dim=128",
+                      "model.width=16", "jigsaw.crop_size=32"]}
+UNTUNED_T = {"simclr": 0.2}
+
+
+def untuned_job(root: Path, sweep: Path, trial_id: str, method: str, seed: int,
+                args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """The recipe ``method`` had before the search, trained and scored exactly as a final."""
+    out = root / f"untuned-{method}-s{seed}.json"
+    cmd = [PY, "-m", "benchmarks.quality.budget_run", "--threads", "1", "--method", method, "--config",
+           str(trial_config(sweep, trial_id)), "--points", args.points, "--out", str(out), "--no-monitors",
+           *UNTUNED[method], f"seed={seed}"]
+    if method in UNTUNED_T:
+        cmd += ["--simclr-temperature", str(UNTUNED_T[method])]
+    return out, cmd + args.overrides
+
+
 def reference_job(root: Path, sweep: Path, trial_id: str, args: argparse.Namespace) -> tuple[Path, list[str]]:
     """Random init and the raw pixels, on the same split as the finals."""
     out = root / "references.json"
@@ -91,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=2, help="leaders of each sweep to train for the whole budget")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
     parser.add_argument("--points", default="5,10,20,30", help="snapshots, minutes of training; the last is the budget")
+    parser.add_argument("--no-untuned", dest="untuned", action="store_false",
+                        help="skip the recipes before the search (JigClu's hand-made one, SimCLR's untuned one)")
     parser.add_argument("--render", action="store_true", help="only print and write the tables from --results")
     parser.add_argument("--no-write", dest="write", action="store_false", help="print the tables, leave RESULTS.md")
     parser.add_argument("overrides", nargs="*", help="key=value for every run (e.g. data.limit=2000 for a smoke run)")
@@ -111,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [final_job(root, sweep, plan[sweep.name][rank], seed, args) for rank in range(args.top)
                 for seed in args.seeds for sweep in sweeps if rank < len(plan[sweep.name])]
         run_pairs(jobs, "finals", (len(jobs) + 1) // 2 * (minutes + 6), env)
+        if args.untuned:  # what the search bought: the recipes before it, on the same split, side by side
+            base = plan[first.name][0]
+            jobs = [untuned_job(root, first, base, method, seed, args) for seed in args.seeds for method in UNTUNED]
+            run_pairs(jobs, "untuned", len(args.seeds) * (minutes + 6), env)
     text = recipe_report.markdown(root, plan, args.seeds, recipe_report.PNG if args.write else None)
     print(text)
     if args.write:

@@ -154,6 +154,11 @@ def probe_table(root: Path, chosen: dict[str, str], seeds: list[int], refs: dict
         last = [r["points"][max(r["points"], key=float)] for r in runs_of(root, sweep, trial, seeds)]
         rows.append([f"`{sweep}` trial `{trial}`", _mean_sd([x["probe"] for x in last]),
                      _mean_sd([x["knn"] for x in last]), len(last)])
+    for method, label in (("jigclu", "JigClu, the hand-made recipe (before the search)"),
+                          ("simclr", "SimCLR, untuned (JigClu's old lr, T 0.2)")):
+        last = [r["points"][max(r["points"], key=float)] for r in runs_of(root, "untuned", method, seeds)]
+        if last:
+            rows.append([label, _mean_sd([x["probe"] for x in last]), _mean_sd([x["knn"] for x in last]), len(last)])
     if refs:
         rows += [["raw pixels", f"{refs['pixels']['probe']:.2f}", f"{refs['pixels']['knn']:.2f}", "-"],
                  ["random init", f"{refs['points']['0']['probe']:.2f}", f"{refs['points']['0']['knn']:.2f}", "-"]]
